@@ -1,0 +1,35 @@
+# The README's two commands. Each creates .venv with python3 if it is missing and
+# installs the package (with its dev extra) into it; nothing else is assumed on the machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m drift_jax.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check drift_jax tests experiments benchmarks
+	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -q --nbmake notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check drift_jax tests experiments benchmarks notebooks
+	$(BIN)/ruff format --check drift_jax tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_kalman.py
+	$(BIN)/python benchmarks/bench_imm.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,20 @@
+"""drift_jax: regime-robust, differentiable estimation of a price's short-term drift.
+
+See README.md and DESIGN.md. Public names are re-exported here; implementations live in
+private modules.
+"""
+
+from ._dynamics import (
+    OU as OU,
+    AbstractDynamics as AbstractDynamics,
+    OUAccel as OUAccel,
+)
+from ._filter import filter as filter
+from ._kalman import (
+    KalmanModel as KalmanModel,
+    KalmanResult as KalmanResult,
+    KalmanState as KalmanState,
+)
+from ._observation import Observation as Observation
+
+__version__ = "0.1.0"

@@ -1,0 +1,194 @@
+"""The feature model ``z = H x + eps``, ``eps ~ N(0, R)``, and the Kalman measurement update.
+
+``m`` features load on the drift ``mu`` with loadings ``alpha``; for the extended state
+``[mu, mu_dot]`` the observation matrix is ``H = [alpha, 0]`` (features observe ``mu``, not
+``mu_dot``). ``R`` is a full covariance held by its Cholesky factor. NaN in ``z`` means "not
+observed", component by component.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from . import _linalg as la, _validate as v
+from ._types import Array, Float, Loadings, ObsMatrix, ObsVector, Scalar, StateMatrix, StateVector
+
+_UPDATES = ("joint", "independent")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Observation(eqx.Module):
+    """``m`` noisy features of the drift with loadings and a full noise covariance.
+
+    Arguments:
+        loadings: ``alpha``, shape ``[m]``: feature ``k`` is ``alpha_k mu + eps_k``.
+        cov: noise covariance ``R``, shape ``[m, m]``, symmetric positive definite (a
+            scalar or ``[m]`` vector is read as a diagonal).
+        update: ``"joint"`` — one vector update with the full ``R`` (correct); or
+            ``"independent"`` — ``m`` sequential scalar updates with ``R_kk`` that ignore
+            the correlation (the old production behaviour, kept to study posterior
+            collapse).
+
+    Example:
+        >>> import drift_jax as dj
+        >>> obs = dj.Observation([1.0, 0.8], [[1.0, 0.7], [0.7, 2.0]])
+        >>> obs.num_features
+        2
+        >>> dj.Observation.scalar(4.0).cov.tolist()
+        [[4.0]]
+    """
+
+    loadings: Loadings
+    cov_chol: Float[Array, "m m"]
+    update: str = eqx.field(static=True)
+
+    def __init__(self, loadings, cov, update: str = "joint"):
+        alpha = v.as_float_array("loadings", loadings)
+        if alpha.ndim == 0:
+            alpha = alpha.reshape(1)
+        if alpha.ndim != 1:
+            raise ValueError(f"`loadings` must be a vector of shape [m], got shape {alpha.shape}.")
+        alpha = v.check("loadings", alpha, jnp.isfinite, "finite")
+        R = v.as_float_array("cov", cov, dtype=alpha.dtype)
+        m = alpha.shape[0]
+        if R.ndim == 0:
+            R = R * jnp.eye(m, dtype=alpha.dtype)
+        elif R.ndim == 1:
+            R = jnp.diag(R)
+        if R.shape != (m, m):
+            raise ValueError(
+                f"`cov` must have shape [m, m] = [{m}, {m}] to match `loadings` of size {m}, "
+                f"got shape {R.shape}."
+            )
+        self.loadings = alpha
+        self.cov_chol = _checked_cholesky("cov", R)
+        self.update = v.one_of("update", update, _UPDATES)
+
+    @classmethod
+    def scalar(cls, R, loading=1.0) -> Observation:
+        """One feature ``z = loading * mu + eps``, ``eps ~ N(0, R)``."""
+        return cls(jnp.reshape(jnp.asarray(loading, dtype=float), (1,)), jnp.reshape(R, (1, 1)))
+
+    @classmethod
+    def from_cholesky(cls, loadings, cov_chol, update: str = "joint") -> Observation:
+        """Build from a lower Cholesky factor of ``R`` (the fitting parametrisation)."""
+        chol = jnp.tril(jnp.asarray(cov_chol))
+        return cls(loadings, chol @ chol.T, update)
+
+    @property
+    def num_features(self) -> int:
+        return self.loadings.shape[0]
+
+    @property
+    def cov(self) -> ObsMatrix:
+        """The noise covariance ``R = L L^T``."""
+        return self.cov_chol @ self.cov_chol.T
+
+    def observation_matrix(self, state_dim: int) -> Float[Array, "m n"]:
+        """``H = [alpha, 0, ...]`` of shape ``[m, state_dim]``."""
+        H = jnp.zeros((self.num_features, state_dim), self.loadings.dtype)
+        return H.at[:, 0].set(self.loadings)
+
+
+def _checked_cholesky(name: str, R: Array) -> Array:
+    """Cholesky factor of ``R`` after checking it is finite, symmetric and positive definite."""
+    tol = 1e-8
+    if v.is_traced(R):
+        L = jnp.linalg.cholesky(0.5 * (R + R.T))
+        asym = jnp.max(jnp.abs(R - R.T)) > tol * (1.0 + jnp.max(jnp.abs(R)))
+        bad = ~jnp.all(jnp.isfinite(L)) | asym
+        return eqx.error_if(L, bad, f"`{name}` must be symmetric positive definite.")
+    Rn = np.asarray(R, dtype=np.float64)
+    if not np.all(np.isfinite(Rn)):
+        raise ValueError(f"`{name}` must be finite; got {name}={Rn.tolist()}.")
+    if np.max(np.abs(Rn - Rn.T)) > tol * (1.0 + np.max(np.abs(Rn))):
+        raise ValueError(
+            f"`{name}` must be symmetric (positive definite); got {name}={Rn.tolist()}."
+        )
+    try:
+        np.linalg.cholesky(0.5 * (Rn + Rn.T))
+    except np.linalg.LinAlgError:
+        eig = np.linalg.eigvalsh(0.5 * (Rn + Rn.T))
+        raise ValueError(
+            f"`{name}` must be positive definite (all eigenvalues > 0); got {name}={Rn.tolist()} "
+            f"with eigenvalues {eig.tolist()}."
+        ) from None
+    return jnp.linalg.cholesky(0.5 * (R + R.T))
+
+
+def measurement_update(
+    mean: StateVector,
+    cov: StateMatrix,
+    z: ObsVector,
+    H: Float[Array, "m n"],
+    R: ObsMatrix,
+    update: str,
+) -> tuple[StateVector, StateMatrix, Scalar]:
+    """Kalman measurement update with per-component missing data (NaN in ``z``).
+
+    Returns the posterior ``(mean, cov)`` and ``log p(z_obs | past)``. Components that are
+    NaN are dropped: the update uses the observed sub-vector and sub-covariance (their
+    rows of ``H`` and ``R`` are masked, which is algebraically the same and keeps shapes
+    static). With nothing observed the posterior is the prior and the log-likelihood 0.
+    """
+    if update == "joint":
+        return _joint_update(mean, cov, z, H, R)
+    return _independent_update(mean, cov, z, H, R)
+
+
+def _joint_update(mean, cov, z, H, R):
+    observed = ~jnp.isnan(z)
+    m = z.shape[-1]
+    Hm = jnp.where(observed[..., :, None], H, 0.0)
+    innov = jnp.where(observed, z - la.mv(H, mean), 0.0)
+    both = observed[..., :, None] & observed[..., None, :]
+    eye = jnp.eye(m, dtype=cov.dtype)
+    # Unobserved rows/columns become the identity: same determinant and quadratic form as
+    # the observed sub-block, zero gain on the unobserved components.
+    Rm = jnp.where(both, R, eye * jnp.where(observed, 0.0, 1.0)[..., None, :])
+    PHt = la.mm(cov, la.transpose(Hm))  # [n, m]
+    S = la.mm(Hm, PHt) + Rm
+    L = la.cholesky(S)
+    # K = P H^T S^{-1}  ->  K^T = S^{-1} H P
+    K = la.transpose(la.cho_solve(L, la.transpose(PHt)))
+    new_mean = mean + la.mv(K, innov)
+    # Joseph form keeps the covariance symmetric positive definite in finite precision.
+    n = mean.shape[-1]
+    IKH = jnp.eye(n, dtype=cov.dtype) - la.mm(K, Hm)
+    KRm = la.mm(K, Rm)
+    new_cov = la.mm(la.mm(IKH, cov), la.transpose(IKH)) + la.mm(KRm, la.transpose(K))
+    new_cov = la.symmetrise(new_cov)
+    w = la.solve_lower(L, innov)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    n_obs = jnp.sum(observed, axis=-1)
+    loglik = -0.5 * (n_obs * _LOG_2PI + logdet + jnp.sum(w * w, axis=-1))
+    return new_mean, new_cov, loglik
+
+
+def _independent_update(mean, cov, z, H, R):
+    """``m`` sequential scalar updates, feature ``k`` with variance ``R_kk`` (no correlation)."""
+    n = mean.shape[-1]
+    eye = jnp.eye(n, dtype=cov.dtype)
+    loglik = jnp.zeros_like(mean[..., 0])
+    for k in range(z.shape[-1]):
+        zk = z[..., k]
+        seen = ~jnp.isnan(zk)
+        h = H[..., k, :]  # [n]
+        r = R[..., k, k]
+        Ph = la.mv(cov, h)  # [n]
+        s = jnp.sum(h * Ph, axis=-1) + r
+        innov = jnp.where(seen, zk - jnp.sum(h * mean, axis=-1), 0.0)
+        gain = jnp.where(seen[..., None], Ph / s[..., None], 0.0)
+        mean = mean + gain * innov[..., None]
+        IKH = eye - gain[..., :, None] * h[..., None, :]
+        cov = la.mm(la.mm(IKH, cov), la.transpose(IKH)) + r[..., None, None] * (
+            gain[..., :, None] * gain[..., None, :]
+        )
+        cov = la.symmetrise(cov)
+        ll_k = -0.5 * (_LOG_2PI + jnp.log(s) + innov * innov / s)
+        loglik = loglik + jnp.where(seen, ll_k, 0.0)
+    return mean, cov, loglik
