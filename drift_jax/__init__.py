@@ -16,5 +16,7 @@ from ._kalman import (
     KalmanState as KalmanState,
 )
 from ._observation import Observation as Observation
+from ._risk import is_crisis as is_crisis, sigma_effective as sigma_effective
+from ._streaming import KalmanDriftEstimator as KalmanDriftEstimator
 
 __version__ = "0.1.0"
