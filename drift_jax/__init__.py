@@ -10,12 +10,19 @@ from ._dynamics import (
     OUAccel as OUAccel,
 )
 from ._filter import filter as filter
+from ._imm import (
+    IMMModel as IMMModel,
+    IMMResult as IMMResult,
+    IMMState as IMMState,
+    stationary_distribution as stationary_distribution,
+)
 from ._kalman import (
     KalmanModel as KalmanModel,
     KalmanResult as KalmanResult,
     KalmanState as KalmanState,
 )
 from ._observation import Observation as Observation
+from ._presets import seed_imm as seed_imm
 from ._risk import is_crisis as is_crisis, sigma_effective as sigma_effective
 from ._streaming import KalmanDriftEstimator as KalmanDriftEstimator
 

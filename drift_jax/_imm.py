@@ -1,9 +1,394 @@
-"""placeholder until the IMM lands"""
+"""Interacting Multiple Model (IMM) filter over drift regimes.
+
+Each cycle runs the specification's five steps (Blom & Bar-Shalom 1988; Bar-Shalom, Li &
+Kirubarajan 2001, sec. 11.6.6): (1) mixing, (2) each model's prediction, (3) each model's
+Kalman update and likelihood ``L_j``, (4) Bayes update of the mode probabilities, (5) the
+mixture output. Mode probabilities are carried as logs, so a probability or a ``Pi`` entry
+of 0, or an observation 1e8 away, gives no underflow and no NaN.
+
+The regimes are unrolled over the static ``M``: the carry holds one array per model, so
+under ``vmap`` every operation is elementwise over the batch and XLA fuses the cycle
+(DESIGN.md, performance principles).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _validate as v
+from ._dynamics import AbstractDynamics, embedded_transition, stacked_transitions
+from ._inputs import prepare_dt, prepare_observations
+from ._kalman import initial_moments, predict
+from ._observation import Observation, measurement_update
+from ._risk import sigma_effective
+from ._types import Array, DtLike, Float, ObsLike, RegimeVector, Scalar, TransitionMatrix
 
 
-class IMMModel:  # noqa
-    pass
+def _check_distribution(name: str, p: Array, tol: float) -> Array:
+    ok = lambda x: jnp.all(jnp.isfinite(x)) & jnp.all(x >= 0) & (jnp.abs(jnp.sum(x) - 1) <= tol)
+    if v.is_traced(p):
+        return eqx.error_if(p, ~ok(p), f"`{name}` must be a probability vector (>= 0, sum 1).")
+    if not bool(ok(p)):
+        raise ValueError(
+            f"`{name}` must be a probability vector (finite, >= 0, summing to 1 within {tol:g}); "
+            f"got {name}={np.asarray(p).tolist()} (sum {float(np.sum(np.asarray(p))):.12g})."
+        )
+    return p
 
 
-def imm_filter(*a, **k):  # noqa
-    raise NotImplementedError
+def _check_stochastic(name: str, Pi: Array, tol: float) -> Array:
+    def ok(x):
+        rows = jnp.abs(jnp.sum(x, axis=1) - 1) <= tol
+        return jnp.all(jnp.isfinite(x)) & jnp.all(x >= 0) & jnp.all(rows)
+
+    if v.is_traced(Pi):
+        return eqx.error_if(Pi, ~ok(Pi), f"`{name}` must be row-stochastic (>= 0, rows sum 1).")
+    if not bool(ok(Pi)):
+        P = np.asarray(Pi)
+        raise ValueError(
+            f"`{name}` must be row-stochastic: finite, >= 0, each row summing to 1 within "
+            f"{tol:g} (Pi[i, j] = P(next = j | now = i)); got {name}={P.tolist()} "
+            f"with row sums {P.sum(axis=1).tolist()}."
+        )
+    return Pi
+
+
+def stationary_distribution(transition) -> np.ndarray:
+    """Stationary distribution ``p = p Pi`` of a row-stochastic matrix (NumPy, concrete)."""
+    P = np.asarray(transition, dtype=np.float64)
+    M = P.shape[0]
+    A = np.vstack([P.T - np.eye(M), np.ones((1, M))])
+    b = np.concatenate([np.zeros(M), [1.0]])
+    p = np.linalg.lstsq(A, b, rcond=None)[0]
+    p = np.clip(p, 0.0, None)
+    return p / p.sum()
+
+
+class IMMModel(eqx.Module):
+    """A bank of drift models with Markov regime switching, observed through shared features.
+
+    Arguments:
+        dynamics: one dynamics per regime (``dj.OU`` / ``dj.OUAccel``, mixed allowed: a
+            scalar member inside an extended IMM is embedded with ``mu_dot`` reset to 0).
+        observation: the shared ``dj.Observation``.
+        transition: ``Pi`` ``[M, M]``, row-stochastic, ``Pi[i, j] = P(next = j | now = i)``
+            per cycle.
+        init_probs: regime probabilities before the first cycle ``[M]`` (default: uniform).
+        init_mean, init_cov: shared state prior before the first cycle.
+        regime_names: names for reports (default ``regime0..``).
+        crisis_regime: name or index of the regime whose probability is ``P(Crisis)``
+            (default: the one named "Crisis", else the last).
+        embed: allow members of different state size (scalar inside extended). With
+            ``embed=False`` unequal sizes are an error.
+
+    Example:
+        >>> import drift_jax as dj
+        >>> imm = dj.IMMModel(
+        ...     dynamics=(dj.OU(0.1, 0.3), dj.OU(0.005, 5.0)),
+        ...     observation=dj.Observation.scalar(1.0),
+        ...     transition=[[0.95, 0.05], [0.1, 0.9]],
+        ...     init_probs=[0.9, 0.1],
+        ... )
+        >>> imm.num_regimes
+        2
+    """
+
+    dynamics: tuple[AbstractDynamics, ...]
+    observation: Observation
+    transition: TransitionMatrix
+    init_probs: RegimeVector
+    init_mean: Float[Array, " n"]
+    init_cov: Float[Array, "n n"]
+    regime_names: tuple[str, ...] = eqx.field(static=True)
+    crisis_index: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dynamics,
+        observation,
+        transition,
+        init_probs=None,
+        init_mean=0.0,
+        init_cov=1.0,
+        *,
+        regime_names=None,
+        crisis_regime=None,
+        embed: bool = True,
+    ):
+        dynamics = tuple(dynamics) if isinstance(dynamics, (list, tuple)) else (dynamics,)
+        if not dynamics:
+            raise ValueError("`dynamics` must hold at least one regime's dynamics, got none.")
+        for k, d in enumerate(dynamics):
+            if not isinstance(d, AbstractDynamics):
+                raise ValueError(
+                    f"`dynamics[{k}]` must be dj.OU or dj.OUAccel, got {type(d).__name__}."
+                )
+        sizes = [d.state_dim for d in dynamics]
+        if len(set(sizes)) > 1 and not embed:
+            raise ValueError(
+                f"`dynamics` members have unequal state sizes {sizes}; pass embed=True to embed "
+                "scalar members into the extended state (mu_dot reset to 0), or use members of "
+                "one size."
+            )
+        if not isinstance(observation, Observation):
+            raise ValueError(
+                f"`observation` must be a dj.Observation, got {type(observation).__name__}."
+            )
+        M = len(dynamics)
+        dtype = dynamics[0].theta.dtype
+        tol = 1e-9 if dtype == jnp.float64 else 1e-5
+        Pi = v.as_float_array("transition", transition, dtype)
+        if Pi.shape != (M, M):
+            raise ValueError(
+                f"`transition` must have shape [M, M] = [{M}, {M}] for {M} regimes "
+                f"(one per `dynamics` member), got shape {Pi.shape}."
+            )
+        self.transition = _check_stochastic("transition", Pi, tol)
+        if init_probs is None:
+            init_probs = jnp.full((M,), 1.0 / M, dtype)
+        p0 = v.as_float_array("init_probs", init_probs, dtype)
+        if p0.shape != (M,):
+            raise ValueError(f"`init_probs` must have shape [M] = [{M}], got shape {p0.shape}.")
+        self.init_probs = _check_distribution("init_probs", p0, tol)
+        self.dynamics = dynamics
+        self.observation = observation
+        n = max(sizes)
+        self.init_mean, self.init_cov = initial_moments(init_mean, init_cov, n, dtype)
+        names = (
+            tuple(f"regime{k}" for k in range(M)) if regime_names is None else tuple(regime_names)
+        )
+        if len(names) != M:
+            raise ValueError(f"`regime_names` must have {M} names, got {len(names)}: {names}.")
+        self.regime_names = names
+        if crisis_regime is None:
+            crisis_regime = names.index("Crisis") if "Crisis" in names else M - 1
+        if isinstance(crisis_regime, str):
+            if crisis_regime not in names:
+                raise ValueError(
+                    f"`crisis_regime` must be one of {names} or an index, got {crisis_regime!r}."
+                )
+            crisis_regime = names.index(crisis_regime)
+        if not 0 <= int(crisis_regime) < M:
+            raise ValueError(f"`crisis_regime` must be in [0, {M}), got {crisis_regime}.")
+        self.crisis_index = int(crisis_regime)
+
+    @property
+    def num_regimes(self) -> int:
+        return len(self.dynamics)
+
+    @property
+    def state_dim(self) -> int:
+        return max(d.state_dim for d in self.dynamics)
+
+    @property
+    def num_features(self) -> int:
+        return self.observation.num_features
+
+    @property
+    def dtype(self):
+        return self.init_mean.dtype
+
+    def transitions(self, dt) -> tuple[list, list]:
+        """Per-regime ``(F_j, Q_j)`` for one step length, embedded in the common state."""
+        n = self.state_dim
+        pairs = [embedded_transition(d, dt, n) for d in self.dynamics]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class IMMState(eqx.Module):
+    """IMM carry: log mode probabilities and each model's posterior moments."""
+
+    log_probs: Float[Array, " M"]
+    means: Float[Array, "M n"]
+    covs: Float[Array, "M n n"]
+
+
+class IMMResult(eqx.Module):
+    """Per-step outputs of ``dj.filter`` on an ``IMMModel`` (leading axis ``T``)."""
+
+    log_likelihood: Scalar
+    log_likelihoods: Float[Array, " T"]
+    regime_probs: Float[Array, "T M"]
+    predicted_regime_probs: Float[Array, "T M"]
+    means: Float[Array, "T n"]
+    covs: Float[Array, "T n n"]
+    model_means: Float[Array, "T M n"]
+    model_covs: Float[Array, "T M n n"]
+    crisis_index: int = eqx.field(static=True)
+
+    @property
+    def drift(self) -> Float[Array, " T"]:
+        """Mixture drift ``sum_j w_j mu_j`` (bps/s)."""
+        return self.means[..., 0]
+
+    @property
+    def drift_var(self) -> Float[Array, " T"]:
+        """Mixture variance ``sum_j w_j (P_j + (mu_j - mu)^2)`` of the drift."""
+        return self.covs[..., 0, 0]
+
+    @property
+    def model_drifts(self) -> Float[Array, "T M"]:
+        return self.model_means[..., 0]
+
+    @property
+    def model_drift_vars(self) -> Float[Array, "T M"]:
+        return self.model_covs[..., 0, 0]
+
+    @property
+    def p_crisis(self) -> Float[Array, " T"]:
+        return self.regime_probs[..., self.crisis_index]
+
+    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Float[Array, " T"]:
+        """``sigma * (1 + crisis_amplifier * P(Crisis))`` per step."""
+        return sigma_effective(sigma, self.p_crisis, crisis_amplifier)
+
+
+def _safe_log(x):
+    """``log x`` with ``log 0 = -inf`` and a zero (not NaN) gradient at 0."""
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
+
+
+def _logsumexp(xs: list) -> Array:
+    """``log sum exp`` over a Python list of arrays (unrolled over the static M)."""
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, xs))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return top + jnp.log(sum(jnp.exp(x - top) for x in xs))
+
+
+def mix(log_probs: list, means: list, covs: list, Pi: Array):
+    """Step 1, mixing: ``cbar_j = sum_i Pi_ij w_i`` and the moment-matched mixed priors.
+
+    Returns ``(log cbar, mixed means, mixed covs)``; all lists over the M regimes.
+    """
+    M = len(log_probs)
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, log_probs))
+    w = [jnp.exp(lp - top) for lp in log_probs]  # proportional to w_i, max 1
+    log_cbar, mixed_means, mixed_covs = [], [], []
+    for j in range(M):
+        c = sum(Pi[i, j] * w[i] for i in range(M))
+        log_cbar.append(_safe_log(c) + top)
+        # mu_{i|j} = Pi_ij w_i / c_j; an unreachable regime (c_j = 0) keeps its own state.
+        safe_c = jnp.where(c > 0, c, 1.0)
+        mu = [jnp.where(c > 0, Pi[i, j] * w[i] / safe_c, float(i == j)) for i in range(M)]
+        mean_j = sum(mu[i] * means[i] for i in range(M))
+        cov_j = sum(
+            mu[i] * (covs[i] + _outer(means[i] - mean_j, means[i] - mean_j)) for i in range(M)
+        )
+        mixed_means.append(mean_j)
+        mixed_covs.append(cov_j)
+    return log_cbar, mixed_means, mixed_covs
+
+
+def _outer(a, b):
+    return a[..., :, None] * b[..., None, :]
+
+
+def combine(log_probs: list, means: list, covs: list):
+    """Step 5: the mixture mean and covariance ``sum_j w_j (P_j + d_j d_j^T)``."""
+    w = [jnp.exp(lp) for lp in log_probs]
+    mean = sum(wj * mj for wj, mj in zip(w, means, strict=False))
+    cov = sum(
+        wj * (Pj + _outer(mj - mean, mj - mean))
+        for wj, mj, Pj in zip(w, means, covs, strict=False)
+    )
+    return mean, cov
+
+
+def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
+    """One IMM cycle on unrolled state ``(log_probs, means, covs)`` (lists over regimes).
+
+    Returns the new unrolled state and ``(log p(z | past), log cbar)``.
+    """
+    log_probs, means, covs = state
+    M = len(log_probs)
+    log_cbar, mixed_means, mixed_covs = mix(log_probs, means, covs, Pi)
+    new_means, new_covs, logls = [], [], []
+    for j in range(M):
+        pm, pP = predict(mixed_means[j], mixed_covs[j], Fs[j], Qs[j])
+        mj, Pj, llj = measurement_update(pm, pP, z, H, R, update)
+        new_means.append(mj)
+        new_covs.append(Pj)
+        logls.append(llj)
+    joint = [lc + ll for lc, ll in zip(log_cbar, logls, strict=False)]
+    step_ll = _logsumexp(joint)
+    new_log_probs = [a - step_ll for a in joint]
+    # With nothing observed the step is a pure prediction: it adds exactly 0.
+    anything = jnp.any(~jnp.isnan(z))
+    step_ll = jnp.where(anything, step_ll, 0.0)
+    return (new_log_probs, new_means, new_covs), (step_ll, log_cbar)
+
+
+def _unstack(state: IMMState, M: int) -> tuple:
+    return (
+        [state.log_probs[j] for j in range(M)],
+        [state.means[j] for j in range(M)],
+        [state.covs[j] for j in range(M)],
+    )
+
+
+def _stack(state: tuple) -> IMMState:
+    lp, ms, cs = state
+    return IMMState(jnp.stack(lp), jnp.stack(ms), jnp.stack(cs))
+
+
+def initial_state(model: IMMModel) -> IMMState:
+    M = model.num_regimes
+    return IMMState(
+        _safe_log(model.init_probs),
+        jnp.broadcast_to(model.init_mean, (M, model.state_dim)),
+        jnp.broadcast_to(model.init_cov, (M, model.state_dim, model.state_dim)),
+    )
+
+
+def imm_filter(
+    model: IMMModel, zs: ObsLike, dt: DtLike, *, checkpoint: bool = True, unroll: int = 1
+) -> IMMResult:
+    """Sequential IMM filter over ``zs``; see ``dj.filter``."""
+    dtype = model.dtype
+    zs = prepare_observations(zs, model.num_features, dtype)
+    dt = prepare_dt(dt, zs.shape[0], dtype)
+    M, n = model.num_regimes, model.state_dim
+    H = model.observation.observation_matrix(n)
+    R = model.observation.cov
+    Pi = model.transition
+    update = model.observation.update
+    if dt.ndim == 0:
+        Fs, Qs = model.transitions(dt)
+        xs = zs
+        unpack = lambda x: (Fs, Qs, x)
+    else:
+        stacked = [stacked_transitions(d, dt, n) for d in model.dynamics]
+        xs = ([s[0] for s in stacked], [s[1] for s in stacked], zs)
+        unpack = lambda x: x
+
+    def step(carry, x):
+        F, Q, z = unpack(x)
+        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H, R, Pi, update)
+        log_probs, means, covs = carry
+        mean, cov = combine(log_probs, means, covs)
+        probs = jnp.exp(jnp.stack(log_probs))
+        outs = (
+            ll,
+            probs,
+            jnp.exp(jnp.stack(log_cbar)),
+            mean,
+            cov,
+            jnp.stack(means),
+            jnp.stack(covs),
+        )
+        return carry, outs
+
+    if checkpoint:
+        step = jax.checkpoint(step, prevent_cse=False)
+    init = _unstack(initial_state(model), M)
+    _, outs = jax.lax.scan(step, init, xs, unroll=unroll)
+    lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
+    return IMMResult(
+        jnp.sum(lls), lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index
+    )
