@@ -24,6 +24,9 @@ from ._kalman import (
 from ._observation import Observation as Observation
 from ._presets import seed_imm as seed_imm
 from ._risk import is_crisis as is_crisis, sigma_effective as sigma_effective
-from ._streaming import KalmanDriftEstimator as KalmanDriftEstimator
+from ._streaming import (
+    IMMDriftEstimator as IMMDriftEstimator,
+    KalmanDriftEstimator as KalmanDriftEstimator,
+)
 
 __version__ = "0.1.0"
