@@ -292,10 +292,9 @@ def _outer(a, b):
 def combine(log_probs: list, means: list, covs: list):
     """Step 5: the mixture mean and covariance ``sum_j w_j (P_j + d_j d_j^T)``."""
     w = [jnp.exp(lp) for lp in log_probs]
-    mean = sum(wj * mj for wj, mj in zip(w, means, strict=False))
+    mean = sum(wj * mj for wj, mj in zip(w, means, strict=True))
     cov = sum(
-        wj * (Pj + _outer(mj - mean, mj - mean))
-        for wj, mj, Pj in zip(w, means, covs, strict=False)
+        wj * (Pj + _outer(mj - mean, mj - mean)) for wj, mj, Pj in zip(w, means, covs, strict=True)
     )
     return mean, cov
 
@@ -315,7 +314,7 @@ def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
         new_means.append(mj)
         new_covs.append(Pj)
         logls.append(llj)
-    joint = [lc + ll for lc, ll in zip(log_cbar, logls, strict=False)]
+    joint = [lc + ll for lc, ll in zip(log_cbar, logls, strict=True)]
     step_ll = _logsumexp(joint)
     new_log_probs = [a - step_ll for a in joint]
     # With nothing observed the step is a pure prediction: it adds exactly 0.
