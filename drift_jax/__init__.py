@@ -9,6 +9,7 @@ from ._dynamics import (
     AbstractDynamics as AbstractDynamics,
     OUAccel as OUAccel,
 )
+from ._exact import ExactResult as ExactResult, exact_posterior as exact_posterior
 from ._filter import filter as filter
 from ._imm import (
     IMMModel as IMMModel,
