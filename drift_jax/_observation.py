@@ -71,7 +71,8 @@ class Observation(eqx.Module):
     @classmethod
     def scalar(cls, R, loading=1.0) -> Observation:
         """One feature ``z = loading * mu + eps``, ``eps ~ N(0, R)``."""
-        return cls(jnp.reshape(jnp.asarray(loading, dtype=float), (1,)), jnp.reshape(R, (1, 1)))
+        alpha = v.as_float_array("loading", loading)
+        return cls(jnp.reshape(alpha, (1,)), jnp.reshape(v.as_float_array("R", R), (1, 1)))
 
     @classmethod
     def from_cholesky(cls, loadings, cov_chol, update: str = "joint") -> Observation:
