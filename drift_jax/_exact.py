@@ -65,8 +65,7 @@ def exact_posterior(model: IMMModel, zs, dt) -> ExactResult:
     per_regime = [stacked_transitions(d, dts, n) for d in model.dynamics]
     Fs = jnp.stack([p[0] for p in per_regime])  # [M, T, n, n]
     Qs = jnp.stack([p[1] for p in per_regime])
-    H = model.observation.observation_matrix(n)
-    R = model.observation.cov
+    H, R = model.observation.matrices(n, dtype)
     update = model.observation.update
     log_Pi = _safe_log(model.transition)
     log_first = _safe_log(model.init_probs @ model.transition)  # P(r_0)

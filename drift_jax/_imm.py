@@ -353,8 +353,7 @@ def imm_filter(
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     M, n = model.num_regimes, model.state_dim
-    H = model.observation.observation_matrix(n)
-    R = model.observation.cov
+    H, R = model.observation.matrices(n, dtype)
     Pi = model.transition
     update = model.observation.update
     if dt.ndim == 0:

@@ -163,8 +163,7 @@ def kalman_filter(
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
-    H = model.observation.observation_matrix(model.state_dim)
-    R = model.observation.cov
+    H, R = model.observation.matrices(model.state_dim, dtype)
     unpack, xs = _scan_inputs(model, zs, dt)
     update = model.observation.update
 
@@ -252,8 +251,7 @@ def kalman_filter_parallel(model: KalmanModel, zs: ObsLike, dt: DtLike) -> Kalma
     T = zs.shape[0]
     dt = prepare_dt(dt, T, dtype)
     n = model.state_dim
-    H = model.observation.observation_matrix(n)
-    R = model.observation.cov
+    H, R = model.observation.matrices(n, dtype)
     if model.observation.update == "independent":
         R = jnp.diag(jnp.diagonal(R))
     Fs, Qs = stacked_transitions(model.dynamics, jnp.broadcast_to(dt, (T,)), n)

@@ -71,8 +71,9 @@ class Observation(eqx.Module):
     @classmethod
     def scalar(cls, R, loading=1.0) -> Observation:
         """One feature ``z = loading * mu + eps``, ``eps ~ N(0, R)``."""
-        alpha = v.as_float_array("loading", loading)
-        return cls(jnp.reshape(alpha, (1,)), jnp.reshape(v.as_float_array("R", R), (1, 1)))
+        R = v.as_float_array("R", R)
+        alpha = v.as_float_array("loading", loading, R.dtype)
+        return cls(jnp.reshape(alpha, (1,)), jnp.reshape(R, (1, 1)))
 
     @classmethod
     def from_cholesky(cls, loadings, cov_chol, update: str = "joint") -> Observation:
@@ -89,10 +90,15 @@ class Observation(eqx.Module):
         """The noise covariance ``R = L L^T``."""
         return self.cov_chol @ self.cov_chol.T
 
-    def observation_matrix(self, state_dim: int) -> Float[Array, "m n"]:
-        """``H = [alpha, 0, ...]`` of shape ``[m, state_dim]``."""
-        H = jnp.zeros((self.num_features, state_dim), self.loadings.dtype)
-        return H.at[:, 0].set(self.loadings)
+    def observation_matrix(self, state_dim: int, dtype=None) -> Float[Array, "m n"]:
+        """``H = [alpha, 0, ...]`` of shape ``[m, state_dim]`` (in ``dtype`` if given)."""
+        dtype = self.loadings.dtype if dtype is None else dtype
+        H = jnp.zeros((self.num_features, state_dim), dtype)
+        return H.at[:, 0].set(self.loadings.astype(dtype))
+
+    def matrices(self, state_dim: int, dtype) -> tuple[Float[Array, "m n"], ObsMatrix]:
+        """``(H, R)`` in the filter's ``dtype`` (a model's members set its precision)."""
+        return self.observation_matrix(state_dim, dtype), self.cov.astype(dtype)
 
 
 def _checked_cholesky(name: str, R: Array) -> Array:

@@ -80,8 +80,9 @@ def _kalman_advance(est: KalmanDriftEstimator, z, dt, H, R, update: str | None):
     z = jnp.asarray(z, model.dtype)
     if update is None:  # the model's own observation
         update = model.observation.update
-        H = model.observation.observation_matrix(model.state_dim)
-        R = model.observation.cov
+        H, R = model.observation.matrices(model.state_dim, model.dtype)
+    else:
+        H, R = jnp.asarray(H, model.dtype), jnp.asarray(R, model.dtype)
     F, Q = model.dynamics.transition(dt)
     state, (ll, *_) = kalman_step(est.state, F, Q, z, H, R, update)
     return _advanced(est, state, ll)
@@ -95,8 +96,9 @@ def _imm_advance(est: IMMDriftEstimator, z, dt, H, R, update: str | None):
     z = jnp.asarray(z, model.dtype)
     if update is None:
         update = model.observation.update
-        H = model.observation.observation_matrix(model.state_dim)
-        R = model.observation.cov
+        H, R = model.observation.matrices(model.state_dim, model.dtype)
+    else:
+        H, R = jnp.asarray(H, model.dtype), jnp.asarray(R, model.dtype)
     Fs, Qs = model.transitions(dt)
     carry = _unstack(est.state, model.num_regimes)
     carry, (ll, _) = imm_step(carry, Fs, Qs, z, H, R, model.transition, update)
