@@ -18,8 +18,8 @@ TimeSeries = Float[Array, " T"]
 FeatureSeries = Float[Array, "T m"]
 RegimeVector = Float[Array, " M"]
 TransitionMatrix = Float[Array, "M M"]
-ObsLike = Float[ArrayLike, " T"] | Float[ArrayLike, "T m"] | np.ndarray
-DtLike = float | int | Float[ArrayLike, ""] | Float[ArrayLike, " T"]
+ObsLike = Float[ArrayLike, " T"] | Float[ArrayLike, "T m"] | np.ndarray | list | tuple
+DtLike = float | int | Float[ArrayLike, ""] | Float[ArrayLike, " T"] | list | tuple
 
 __all__ = [
     "Array",
