@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
+# Only the folders that exist: git does not keep empty ones, so a fresh clone may lack some.
+LINT_DIRS := $(wildcard drift_jax tests experiments benchmarks notebooks)
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -19,12 +22,12 @@ demo: $(STAMP)
 	$(BIN)/python -m drift_jax.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check drift_jax tests experiments benchmarks
+	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/python -m pytest -n 2 -q tests
 	$(BIN)/python -m pytest -q --nbmake notebooks
 
 lint: $(STAMP)
-	$(BIN)/ruff check drift_jax tests experiments benchmarks notebooks
+	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/ruff format --check drift_jax tests
 
 bench: $(STAMP)

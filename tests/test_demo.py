@@ -1,0 +1,166 @@
+"""The demo (``make demo``) and its synthetic data: run in-process at a small size."""
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drift_jax import demo
+from drift_jax._synthetic import (
+    cascade_profile,
+    default_feature_cov,
+    default_loadings,
+    liquidation_cascade,
+)
+
+EXPECTED_ROWS = (
+    "OU [mu] joint",
+    "OU [mu] independent",
+    "OUAccel [mu, mu_dot] joint",
+    "OUAccel [mu, mu_dot] independent",
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    # One run for the whole module (the demo compiles 4 filters); its output is kept.
+    out = tmp_path_factory.mktemp("demo_output") / "nested"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rep = demo.main(out_dir=out, num_steps=1000, seed=3)
+    return rep, out, printed.getvalue()
+
+
+def test_demo_table_rows_and_numbers(report):
+    rep, _, _ = report
+    assert len(rep.sections) == len(demo.SECTIONS) == 1
+    rows = {r.name: r for r in rep.sections[0].rows}
+    assert tuple(rows) == EXPECTED_ROWS
+    for r in rows.values():
+        assert math.isfinite(r.rmse) and 0.0 < r.rmse < 10.0
+        assert math.isfinite(r.log_likelihood)
+        assert 0.0 <= r.coverage <= 1.0
+        # The estimate reaches 50% then 90% of the drop, but not before the truth does.
+        assert 1.0 <= r.t50 <= r.t90 < 30.0
+    for model in ("OU [mu]", "OUAccel [mu, mu_dot]"):
+        joint, indep = rows[f"{model} joint"], rows[f"{model} independent"]
+        # Positively correlated features: the joint update is less confident (DESIGN.md).
+        assert joint.mean_std > indep.mean_std
+        # The true R explains the features better than its diagonal.
+        assert joint.log_likelihood > indep.log_likelihood
+    table = rep.sections[0].table
+    for name in EXPECTED_ROWS:
+        assert name in table
+
+
+def test_demo_writes_nonempty_png(report):
+    rep, out, _ = report
+    fig = rep.sections[0].figure
+    assert fig == out / "demo_kalman.png"
+    data = fig.read_bytes()
+    assert len(data) > 10_000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_prints_table(report):
+    rep, out, printed = report
+    assert "RMSE" in printed and "t90%" in printed
+    assert rep.sections[0].table in printed
+    assert f"plot: {out / 'demo_kalman.png'}" in printed
+
+
+def test_crossing_time_on_the_truth():
+    data = liquidation_cascade(num_steps=1000, dt=0.1, seed=0, quiet_sigma=0.0)
+    # A linear fall over 2 s: 50% after 1 s, 90% after 1.8 s (to the 0.1 s grid).
+    assert demo.crossing_time(data.drift, data, 0.5) == pytest.approx(1.0, abs=1e-9)
+    assert demo.crossing_time(data.drift, data, 0.9) == pytest.approx(1.8, abs=1e-9)
+    assert math.isnan(demo.crossing_time(np.zeros_like(data.drift), data, 0.5))
+
+
+def test_synthetic_cascade_shape_and_levels():
+    s = liquidation_cascade(num_steps=2000, dt=0.1, seed=1)
+    assert s.t.shape == s.dt.shape == s.drift.shape == (2000,)
+    assert s.features.shape == (2000, 4)
+    np.testing.assert_allclose(s.t, 0.1 * np.arange(1, 2001))
+    np.testing.assert_array_equal(s.loadings, default_loadings())
+    np.testing.assert_array_equal(s.cov, default_feature_cov())
+    quiet, held = s.drift[s.t < 60.0], s.drift[(s.t >= 62.0) & (s.t <= 100.0)]
+    assert np.max(np.abs(quiet)) < 5.0
+    assert abs(np.mean(held) + 50.0) < 3.0
+    assert np.max(np.abs(s.drift[s.t > 135.0])) < 5.0  # recovered
+    # The noise has the requested covariance (to sampling error).
+    noise = s.features - s.drift[:, None] * s.loadings[None, :]
+    np.testing.assert_allclose(np.cov(noise.T), s.cov, atol=0.15 * s.cov.max())
+
+
+def test_synthetic_is_seeded():
+    a = liquidation_cascade(num_steps=300, seed=5)
+    b = liquidation_cascade(num_steps=300, seed=5)
+    c = liquidation_cascade(num_steps=300, seed=6)
+    np.testing.assert_array_equal(a.features, b.features)
+    assert not np.array_equal(a.features, c.features)
+
+
+def test_cascade_profile_pieces():
+    t = np.array([0.0, 10.0, 11.0, 12.0, 30.0, 52.0, 57.0, 62.0, 70.0])
+    c = cascade_profile(t, 10.0, -50.0, fall_time=2.0, hold_time=40.0, recovery_time=10.0)
+    np.testing.assert_allclose(c, [0, 0, -25, -50, -50, -50, -25, 0, 0])
+    jump = cascade_profile(t, 10.0, -50.0, fall_time=0.0, hold_time=1.0, recovery_time=0.0)
+    # The hold covers [10, 11); at 11 the instant recovery is done.
+    np.testing.assert_allclose(jump, [0, -50, 0, 0, 0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_steps": 0}, "num_steps"),
+        ({"dt": 0.0}, "dt"),
+        ({"dt": float("nan")}, "dt"),
+        ({"cascade_level": float("inf")}, "cascade_level"),
+        ({"fall_time": -1.0}, "fall_time"),
+        ({"hold_time": -1.0}, "hold_time"),
+        ({"recovery_time": -1.0}, "recovery_time"),
+        ({"cascade_start": -5.0}, "cascade_start"),
+        ({"quiet_theta": -0.1}, "quiet_theta"),
+        ({"quiet_sigma": float("nan")}, "quiet_sigma"),
+        ({"loadings": [[1.0, 2.0]]}, "loadings"),
+        ({"loadings": [1.0, float("nan"), 1.0, 1.0]}, "loadings"),
+        ({"loadings": [1.0, 1.0]}, "default `cov`"),
+        ({"loadings": [1.0, 1.0], "cov": np.eye(3)}, "shape"),
+        ({"loadings": [1.0, 1.0], "cov": [[1.0, 0.5], [0.4, 1.0]]}, "symmetric"),
+        ({"loadings": [1.0, 1.0], "cov": [[1.0, 2.0], [2.0, 1.0]]}, "positive definite"),
+    ],
+)
+def test_synthetic_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        liquidation_cascade(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"num_steps": 2.5}, "num_steps"), ({"seed": "x"}, "seed")]
+)
+def test_synthetic_bad_argument_types(kwargs, match):
+    # A ValueError for users; under the test suite's jaxtyping/beartype hook the annotation
+    # check (a TypeError) fires first.
+    with pytest.raises((ValueError, TypeError), match=match):
+        liquidation_cascade(**kwargs)
+
+
+def test_synthetic_other_feature_count():
+    s = liquidation_cascade(num_steps=50, loadings=[1.0, 0.5], cov=[[4.0, 1.0], [1.0, 9.0]])
+    assert s.features.shape == (50, 2)
+
+
+def test_readme_example_runs(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## Example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(example, "README.md:example", "exec"), namespace)
+    res, est = namespace["res"], namespace["est"]
+    assert np.isfinite(float(res.log_likelihood))
+    assert res.drift.shape == (200,) and float(res.drift[-1]) < 0.0
+    assert np.isfinite(float(namespace["grads"].dynamics.theta))
+    assert float(est.drift_variance()) > 0.0
+    assert len(capsys.readouterr().out.splitlines()) == 3
