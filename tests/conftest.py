@@ -32,7 +32,7 @@ def tree_allclose(x, y, *, rtol=1e-9, atol=1e-12) -> bool:
         return False
     return all(
         np.allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol, equal_nan=True)
-        for a, b in zip(xs, ys)
+        for a, b in zip(xs, ys, strict=True)
     )
 
 
