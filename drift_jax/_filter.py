@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import equinox as eqx
+
+from ._inputs import prepare_dt, prepare_observations
 from ._types import DtLike, ObsLike
 
 
@@ -34,22 +37,35 @@ def filter(model, zs: ObsLike, dt: DtLike, *, method: str = "sequential", checkp
         >>> bool(jnp.isfinite(ll))
         True
     """
-    from ._imm import IMMModel, imm_filter
-    from ._kalman import KalmanModel, kalman_filter, kalman_filter_parallel
+    from ._imm import IMMModel
+    from ._kalman import KalmanModel
 
     if method not in ("sequential", "parallel"):
         raise ValueError(f"`method` must be 'sequential' or 'parallel', got {method!r}.")
-    if isinstance(model, KalmanModel):
-        if method == "parallel":
-            return kalman_filter_parallel(model, zs, dt)
-        return kalman_filter(model, zs, dt, checkpoint=checkpoint)
+    if not isinstance(model, (KalmanModel, IMMModel)):
+        raise ValueError(
+            f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
+        )
+    if isinstance(model, IMMModel) and method == "parallel":
+        raise ValueError(
+            "`method='parallel'` is available for dj.KalmanModel only; the IMM's "
+            "mixing is not an associative linear-Gaussian operation. Use 'sequential'."
+        )
+    # Concrete inputs are checked here, eagerly, so bad data raises a ValueError naming
+    # the argument; the compiled filter below then sees arrays of fixed shape and dtype
+    # and is compiled once per shape (not retraced on every call).
+    zs = prepare_observations(zs, model.num_features, model.dtype)
+    dt = prepare_dt(dt, zs.shape[0], model.dtype)
+    return _compiled_filter(model, zs, dt, method, checkpoint)
+
+
+@eqx.filter_jit
+def _compiled_filter(model, zs, dt, method: str, checkpoint: bool):
+    from ._imm import IMMModel, imm_filter
+    from ._kalman import kalman_filter, kalman_filter_parallel
+
     if isinstance(model, IMMModel):
-        if method == "parallel":
-            raise ValueError(
-                "`method='parallel'` is available for dj.KalmanModel only; the IMM's "
-                "mixing is not an associative linear-Gaussian operation. Use 'sequential'."
-            )
         return imm_filter(model, zs, dt, checkpoint=checkpoint)
-    raise ValueError(
-        f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
-    )
+    if method == "parallel":
+        return kalman_filter_parallel(model, zs, dt)
+    return kalman_filter(model, zs, dt, checkpoint=checkpoint)
