@@ -87,10 +87,10 @@ def exact_posterior(model: IMMModel, zs, dt) -> ExactResult:
     # so weights over full histories with the likelihood up to t give p(r_<=t | z_<=t).
     log_w = log_prior[:, None] + cum_ll
     log_norm = jax.nn.logsumexp(log_w, axis=0)  # [T] = log p(z_<=t)
-    w = jnp.exp(log_w - log_norm)
+    w = jnp.exp(log_w - log_norm[None, :])
     onehot = jax.nn.one_hot(histories, M, dtype=dtype)  # [K, T, M]
     regime_probs = jnp.einsum("kt,ktm->tm", w, onehot)
     drift = jnp.sum(w * mus, axis=0)
-    drift_var = jnp.sum(w * (vars_ + (mus - drift) ** 2), axis=0)
+    drift_var = jnp.sum(w * (vars_ + (mus - drift[None, :]) ** 2), axis=0)
     lls = jnp.diff(log_norm, prepend=jnp.zeros((1,), dtype))
     return ExactResult(log_norm[-1], lls, regime_probs, drift, drift_var)

@@ -315,8 +315,15 @@ def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
         new_covs.append(Pj)
         logls.append(llj)
     joint = [lc + ll for lc, ll in zip(log_cbar, logls, strict=True)]
-    step_ll = _logsumexp(joint)
-    new_log_probs = [a - step_ll for a in joint]
+    # Normalise relative to the largest term: with an outlier the joint terms are ~-1e14
+    # and subtracting the full log-sum (top + log s) would leave errors of one ulp of
+    # that (~0.01) in the normalised log-probabilities, so they would not sum to 1.
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, joint))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    shifted = [a - top for a in joint]
+    log_norm = jnp.log(sum(jnp.exp(a) for a in shifted))
+    new_log_probs = [a - log_norm for a in shifted]
+    step_ll = top + log_norm
     # With nothing observed the step is a pure prediction: it adds exactly 0.
     anything = jnp.any(~jnp.isnan(z))
     step_ll = jnp.where(anything, step_ll, 0.0)

@@ -191,3 +191,23 @@ def test_readme_example_runs(capsys):
     assert np.isfinite(float(namespace["grads"].dynamics.theta))
     assert float(est.drift_variance()) > 0.0
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_readme_imm_example_runs(tmp_path, monkeypatch, capsys):
+    """Every python block of the README runs, in order (the IMM block saves a file)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for k, block in enumerate(blocks):
+        exec(compile(block, f"README.md:block{k}", "exec"), namespace)
+    capsys.readouterr()
+    res, exact, est = namespace["res"], namespace["exact"], namespace["est"]
+    probs = np.asarray(res.regime_probs)
+    assert probs.shape == (200, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert namespace["batch"].shape == (2,)
+    assert exact.regime_probs.shape == (8, 3)
+    assert float(est.regime_probabilities()[2]) > 0.3 and bool(est.is_crisis())
+    assert (tmp_path / "imm_state.eqx").stat().st_size > 0
