@@ -360,6 +360,11 @@ def imm_filter(
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     M, n = model.num_regimes, model.state_dim
+    if n == 1 and model.num_features == 1:
+        # The same cycle written for scalars: ~2x faster batched, ~3x in reverse mode.
+        from ._imm_scalar import scalar_imm_filter
+
+        return scalar_imm_filter(model, zs, dt, checkpoint, unroll)
     H, R = model.observation.matrices(n, dtype)
     Pi = model.transition
     update = model.observation.update
