@@ -99,7 +99,11 @@ class KalmanState(eqx.Module):
 
 
 class KalmanResult(eqx.Module):
-    """Per-step outputs of ``dj.filter`` on a ``KalmanModel`` (leading axis ``T``)."""
+    """Per-step outputs of ``dj.filter`` on a ``KalmanModel`` (leading axis ``T``).
+
+    A result of ``jax.vmap(dj.filter)`` has a leading batch axis on every field; the
+    properties below keep it (``drift`` is then ``[B, T]``).
+    """
 
     log_likelihood: Scalar
     log_likelihoods: Float[Array, " T"]
@@ -110,17 +114,17 @@ class KalmanResult(eqx.Module):
     innovations: Float[Array, "T m"]
 
     @property
-    def drift(self) -> Float[Array, " T"]:
+    def drift(self) -> Float[Array, "*batch T"]:
         """Filtered drift ``E[mu_t | z_<=t]`` (bps/s)."""
         return self.means[..., 0]
 
     @property
-    def drift_var(self) -> Float[Array, " T"]:
+    def drift_var(self) -> Float[Array, "*batch T"]:
         """Filtered drift variance ``Var[mu_t | z_<=t]``."""
         return self.covs[..., 0, 0]
 
     @property
-    def regime_probs(self) -> Float[Array, "T 1"]:
+    def regime_probs(self) -> Float[Array, "*batch T 1"]:
         """A single model is one regime with probability 1 (for a uniform interface)."""
         return jnp.ones_like(self.means[..., :1])
 
@@ -163,7 +167,14 @@ def kalman_filter(
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
-    H, R = model.observation.matrices(model.state_dim, dtype)
+    return _sequential_scan(model, zs, dt, checkpoint, unroll)
+
+
+# Compiled once per model structure and shapes: called eagerly, a scan over a fresh
+# closure would recompile on every call (~1 s each), not just on the first.
+@eqx.filter_jit
+def _sequential_scan(model: KalmanModel, zs, dt, checkpoint: bool, unroll: int) -> KalmanResult:
+    H, R = model.observation.matrices(model.state_dim, model.dtype)
     unpack, xs = _scan_inputs(model, zs, dt)
     update = model.observation.update
 
@@ -248,8 +259,16 @@ def kalman_filter_parallel(model: KalmanModel, zs: ObsLike, dt: DtLike) -> Kalma
     """
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
+    dt = prepare_dt(dt, zs.shape[0], dtype)
+    return _parallel_scan(model, zs, dt)
+
+
+# Compiled as a whole: op-by-op, the associative scan dispatches (and compiles) hundreds
+# of small operations, ~20 s for the first call.
+@eqx.filter_jit
+def _parallel_scan(model: KalmanModel, zs, dt) -> KalmanResult:
+    dtype = model.dtype
     T = zs.shape[0]
-    dt = prepare_dt(dt, T, dtype)
     n = model.state_dim
     H, R = model.observation.matrices(n, dtype)
     if model.observation.update == "independent":
