@@ -209,7 +209,11 @@ class IMMState(eqx.Module):
 
 
 class IMMResult(eqx.Module):
-    """Per-step outputs of ``dj.filter`` on an ``IMMModel`` (leading axis ``T``)."""
+    """Per-step outputs of ``dj.filter`` on an ``IMMModel`` (leading axis ``T``).
+
+    A result of ``jax.vmap(dj.filter)`` has a leading batch axis on every field; the
+    properties below keep it (``drift`` is then ``[B, T]``).
+    """
 
     log_likelihood: Scalar
     log_likelihoods: Float[Array, " T"]
@@ -222,28 +226,28 @@ class IMMResult(eqx.Module):
     crisis_index: int = eqx.field(static=True)
 
     @property
-    def drift(self) -> Float[Array, " T"]:
+    def drift(self) -> Float[Array, "*batch T"]:
         """Mixture drift ``sum_j w_j mu_j`` (bps/s)."""
         return self.means[..., 0]
 
     @property
-    def drift_var(self) -> Float[Array, " T"]:
+    def drift_var(self) -> Float[Array, "*batch T"]:
         """Mixture variance ``sum_j w_j (P_j + (mu_j - mu)^2)`` of the drift."""
         return self.covs[..., 0, 0]
 
     @property
-    def model_drifts(self) -> Float[Array, "T M"]:
+    def model_drifts(self) -> Float[Array, "*batch T M"]:
         return self.model_means[..., 0]
 
     @property
-    def model_drift_vars(self) -> Float[Array, "T M"]:
+    def model_drift_vars(self) -> Float[Array, "*batch T M"]:
         return self.model_covs[..., 0, 0]
 
     @property
-    def p_crisis(self) -> Float[Array, " T"]:
+    def p_crisis(self) -> Float[Array, "*batch T"]:
         return self.regime_probs[..., self.crisis_index]
 
-    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Float[Array, " T"]:
+    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Float[Array, "*batch T"]:
         """``sigma * (1 + crisis_amplifier * P(Crisis))`` per step."""
         return sigma_effective(sigma, self.p_crisis, crisis_amplifier)
 
