@@ -35,9 +35,14 @@ def prepare_observations(zs: ObsLike, num_features: int, dtype) -> Float[Array, 
 
 def check_no_inf(name: str, arr: Array) -> Array:
     if v.is_traced(arr):
-        return eqx.error_if(
-            arr, jnp.any(jnp.isinf(arr)), f"`{name}` must not contain +-inf (NaN marks missing)."
+        # The check rides on a scalar zero added to the array: attached to the array itself
+        # it makes XLA copy the array (~10 ms per 4096 x 1000 batch, ~10% of an IMM filter).
+        zero = eqx.error_if(
+            jnp.zeros((), arr.dtype),
+            jnp.any(jnp.isinf(arr)),
+            f"`{name}` must not contain +-inf (NaN marks missing).",
         )
+        return arr + zero
     a = np.asarray(arr)
     if np.any(np.isinf(a)):
         where = np.argwhere(np.isinf(a))[:5].tolist()
