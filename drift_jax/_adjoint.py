@@ -24,11 +24,15 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 
-def scan_with_adjoint(step: Callable, params, init, xs):
+def scan_with_adjoint(step: Callable, params, init, xs, *, adjoint: bool = True, unroll=1):
     """``lax.scan`` of ``step(params, carry, x) -> (carry, y)`` with a fused adjoint.
 
+    ``params`` are the arrays every step reads (differentiable like any input).
+    ``adjoint=False`` is the plain ``lax.scan`` (JAX's own derivatives, forward mode too).
     Returns ``(final carry, stacked ys)``.
     """
+    if not adjoint:
+        return jax.lax.scan(lambda c, x: step(params, c, x), init, xs, unroll=unroll)
     return _scan(step, params, init, xs)
 
 
