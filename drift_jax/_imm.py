@@ -258,13 +258,6 @@ def _safe_log(x):
     return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
 
 
-def _logsumexp(xs: list) -> Array:
-    """``log sum exp`` over a Python list of arrays (unrolled over the static M)."""
-    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, xs))
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    return top + jnp.log(sum(jnp.exp(x - top) for x in xs))
-
-
 def mix(log_probs: list, means: list, covs: list, Pi: Array):
     """Step 1, mixing: ``cbar_j = sum_i Pi_ij w_i`` and the moment-matched mixed priors.
 

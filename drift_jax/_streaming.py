@@ -121,10 +121,37 @@ def _advanced(est, state, ll):
 
 
 class _Estimator(eqx.Module):
-    """Shared plumbing: inputs, the running log-likelihood, save/load."""
+    """Shared plumbing: the update calls, the running log-likelihood, save/load.
 
+    A concrete estimator sets ``_step`` to its jitted cycle (``_kalman_advance`` or
+    ``_imm_advance``), which takes ``(estimator, z, dt, H, R, update)``.
+    """
+
+    model: eqx.AbstractVar[KalmanModel | IMMModel]
     log_likelihood: eqx.AbstractVar[Scalar]
     num_updates: eqx.AbstractVar[Int[Array, ""]]
+
+    def update_observation(self, z, dt):
+        """One cycle: (IMM: mix,) predict over ``dt`` seconds, update with the model's
+        features ``z`` (a scalar for one feature, or ``[m]``; NaN components are missing).
+        Returns the new estimator."""
+        z = _as_obs("z", z, self.model.num_features)
+        return self._step(self, z, _as_dt(dt), None, None, None)
+
+    def update_vector(self, z_vec, h_vec, r_mat, dt, update: str = "joint"):
+        """One cycle whose update is the vector observation ``z_vec`` with loadings
+        ``h_vec`` ``[k]`` and noise covariance ``r_mat`` ``[k, k]``.
+
+        The specification's ``update_vector``: the ``k`` features enter as one observation
+        with their full covariance (``update="independent"`` reproduces the old
+        sequential scalar updates that ignore the correlation).
+        """
+        z, H, R = _vector_observation(z_vec, h_vec, r_mat, self.model.state_dim, update)
+        return self._step(self, z, _as_dt(dt), H, R, update)
+
+    def predict(self, dt):
+        """Advance ``dt`` seconds with nothing observed (a pure prediction)."""
+        return self.update_observation(np.full((self.model.num_features,), np.nan), dt)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the estimator (model and state) to ``path`` (equinox leaf serialisation)."""
@@ -165,28 +192,6 @@ class KalmanDriftEstimator(_Estimator):
         self.state = KalmanState(model.init_mean, model.init_cov) if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
-
-    def update_observation(self, z, dt) -> KalmanDriftEstimator:
-        """Predict over ``dt`` seconds, then update with the model's features ``z``.
-
-        ``z`` is a scalar (one feature) or ``[m]``; NaN components are missing.
-        """
-        z = _as_obs("z", z, self.model.num_features)
-        return self._step(self, z, _as_dt(dt), None, None, None)
-
-    def update_vector(self, z_vec, h_vec, r_mat, dt, update: str = "joint"):
-        """One vector update with loadings ``h_vec`` ``[k]`` and noise covariance ``r_mat``.
-
-        The specification's ``update_vector``: the ``k`` features enter as one observation
-        with their full covariance (``update="independent"`` reproduces the old
-        sequential scalar updates that ignore the correlation).
-        """
-        z, H, R = _vector_observation(z_vec, h_vec, r_mat, self.model.state_dim, update)
-        return self._step(self, z, _as_dt(dt), H, R, update)
-
-    def predict(self, dt) -> KalmanDriftEstimator:
-        """Advance ``dt`` seconds with no observation (a pure prediction)."""
-        return self.update_observation(np.full((self.model.num_features,), np.nan), dt)
 
     def drift_rate_per_sec(self) -> Scalar:
         """Posterior mean of the drift ``mu`` (bps/s)."""
@@ -231,20 +236,6 @@ class IMMDriftEstimator(_Estimator):
         self.state = initial_state(model) if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
-
-    def update_observation(self, z, dt) -> IMMDriftEstimator:
-        """One IMM cycle (mix, predict over ``dt``, update with ``z``, Bayes, output)."""
-        z = _as_obs("z", z, self.model.num_features)
-        return self._step(self, z, _as_dt(dt), None, None, None)
-
-    def update_vector(self, z_vec, h_vec, r_mat, dt, update: str = "joint"):
-        """One IMM cycle whose update is the vector observation ``(h_vec, r_mat)``."""
-        z, H, R = _vector_observation(z_vec, h_vec, r_mat, self.model.state_dim, update)
-        return self._step(self, z, _as_dt(dt), H, R, update)
-
-    def predict(self, dt) -> IMMDriftEstimator:
-        """Mix and predict over ``dt`` seconds with nothing observed."""
-        return self.update_observation(np.full((self.model.num_features,), np.nan), dt)
 
     def _mixture(self):
         return _imm_mixture(self.state)
