@@ -218,29 +218,32 @@ def _masked(z, H, R):
 
 
 def _generic_element(F, Q, z, H, R):
+    # Small algebra written out (_linalg.py): batched LAPACK solves of 1x1/2x2 matrices are
+    # slow on CPU, and with ~5e5 or more elements XLA:CPU (jax 0.10.2) hung in them.
     n = F.shape[-1]
     zm, Hm, Rm = _masked(z, H, R)
-    S = Hm @ Q @ Hm.T + Rm
-    HtSinv = jnp.linalg.solve(S, Hm).T  # H^T S^{-1}  [n, m]
-    K = Q @ HtSinv
-    IKH = jnp.eye(n, dtype=F.dtype) - K @ Hm
-    A = IKH @ F
-    b = K @ zm
-    C = la.symmetrise(IKH @ Q)
-    eta = F.T @ (HtSinv @ zm)
-    J = la.symmetrise(F.T @ HtSinv @ Hm @ F)
+    S = la.mm(la.mm(Hm, Q), la.transpose(Hm)) + Rm
+    HtSinv = la.transpose(la.cho_solve(la.cholesky(S), Hm))  # H^T S^{-1}  [n, m]
+    K = la.mm(Q, HtSinv)
+    IKH = jnp.eye(n, dtype=F.dtype) - la.mm(K, Hm)
+    A = la.mm(IKH, F)
+    b = la.mv(K, zm)
+    C = la.symmetrise(la.mm(IKH, Q))
+    eta = la.mv(la.transpose(F), la.mv(HtSinv, zm))
+    J = la.symmetrise(la.mm(la.mm(la.transpose(F), la.mm(HtSinv, Hm)), F))
     return A, b, C, eta, J
 
 
 def _first_element(F, Q, z, H, R, m0, P0):
     n = F.shape[-1]
     zm, Hm, Rm = _masked(z, H, R)
-    m1 = F @ m0
-    P1 = F @ P0 @ F.T + Q
-    S = Hm @ P1 @ Hm.T + Rm
-    K = jnp.linalg.solve(S, Hm @ P1).T
-    b = m1 + K @ (zm - Hm @ m1)
-    C = la.symmetrise(P1 - K @ S @ K.T)
+    m1 = la.mv(F, m0)
+    P1 = la.mm(la.mm(F, P0), la.transpose(F)) + Q
+    HP = la.mm(Hm, P1)
+    S = la.mm(HP, la.transpose(Hm)) + Rm
+    K = la.transpose(la.cho_solve(la.cholesky(S), HP))
+    b = m1 + la.mv(K, zm - la.mv(Hm, m1))
+    C = la.symmetrise(P1 - la.mm(la.mm(K, S), la.transpose(K)))
     zero = jnp.zeros((n, n), F.dtype)
     return zero, b, C, jnp.zeros((n,), F.dtype), zero
 
@@ -251,15 +254,13 @@ def _combine(ei, ej):
     n = Ai.shape[-1]
     eye = jnp.eye(n, dtype=Ai.dtype)
     # W = A_j (I + C_i J_j)^{-1};  V = A_i^T (I + J_j C_i)^{-1}
-    W = jnp.swapaxes(
-        jnp.linalg.solve(jnp.swapaxes(eye + Ci @ Jj, -1, -2), jnp.swapaxes(Aj, -1, -2)), -1, -2
-    )
-    V = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(eye + Jj @ Ci, -1, -2), Ai), -1, -2)
-    A = W @ Ai
-    b = jnp.einsum("...ij,...j->...i", W, bi + jnp.einsum("...ij,...j->...i", Ci, etaj)) + bj
-    C = la.symmetrise(W @ Ci @ jnp.swapaxes(Aj, -1, -2) + Cj)
-    eta = jnp.einsum("...ij,...j->...i", V, etaj - jnp.einsum("...ij,...j->...i", Jj, bi)) + etai
-    J = la.symmetrise(V @ Jj @ Ai + Ji)
+    W = la.transpose(la.solve(la.transpose(eye + la.mm(Ci, Jj)), la.transpose(Aj)))
+    V = la.transpose(la.solve(la.transpose(eye + la.mm(Jj, Ci)), Ai))
+    A = la.mm(W, Ai)
+    b = la.mv(W, bi + la.mv(Ci, etaj)) + bj
+    C = la.symmetrise(la.mm(la.mm(W, Ci), la.transpose(Aj)) + Cj)
+    eta = la.mv(V, etaj - la.mv(Jj, bi)) + etai
+    J = la.symmetrise(la.mm(la.mm(V, Jj), Ai) + Ji)
     return A, b, C, eta, J
 
 

@@ -95,3 +95,25 @@ def solve_upper_transpose(L: Array, b: Array) -> Array:
 def cho_solve(L: Array, b: Array) -> Array:
     """Solve ``(L L^T) x = b``."""
     return solve_upper_transpose(L, solve_lower(L, b))
+
+
+def solve(a: Array, b: Array) -> Array:
+    """Solve ``a x = b`` for a small square, non-singular ``a``; ``b`` is ``[..., n(, k)]``.
+
+    ``n <= 2`` is written out (Cramer's rule), so a batch of solves is elementwise
+    arithmetic instead of one LAPACK call per matrix.
+    """
+    n = a.shape[-1]
+    vector = b.ndim == a.ndim - 1
+    bb = b[..., None] if vector else b
+    if n == 1:
+        x = bb / a[..., :, :1]
+    elif n == 2:
+        a00, a01 = a[..., 0, 0, None], a[..., 0, 1, None]
+        a10, a11 = a[..., 1, 0, None], a[..., 1, 1, None]
+        det = a00 * a11 - a01 * a10
+        b0, b1 = bb[..., 0, :], bb[..., 1, :]
+        x = jnp.stack([(a11 * b0 - a01 * b1) / det, (a00 * b1 - a10 * b0) / det], axis=-2)
+    else:
+        x = jnp.linalg.solve(a, bb)
+    return x[..., 0] if vector else x
