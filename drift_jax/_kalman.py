@@ -274,31 +274,7 @@ def kalman_filter_parallel(model: KalmanModel, zs: ObsLike, dt: DtLike) -> Kalma
     zs = prepare_observations(zs, model.num_features, dtype)
     T = zs.shape[0]
     dt = prepare_dt(dt, T, dtype)
-    if T <= PARALLEL_CHUNK:
-        return _parallel_scan(model, zs, dt)
-    # XLA:CPU (jax 0.10.2) hangs in an associative scan of ~5e5 elements or more (seen on
-    # 2 cores: 4e5 runs in 0.3 s, 5e5 never returns). Filtering is sequential across
-    # chunks: each chunk starts from the previous chunk's last posterior, so the result is
-    # the same as one scan over the whole series.
-    parts = []
-    for start in range(0, T, PARALLEL_CHUNK):
-        stop = min(start + PARALLEL_CHUNK, T)
-        part = _parallel_scan(model, zs[start:stop], dt if dt.ndim == 0 else dt[start:stop])
-        parts.append(part)
-        model = eqx.tree_at(
-            lambda mdl: (mdl.init_mean, mdl.init_cov), model, (part.means[-1], part.covs[-1])
-        )
-    lls = jnp.concatenate([p.log_likelihoods for p in parts])
-    return KalmanResult(
-        jnp.sum(lls),
-        lls,
-        *(jnp.concatenate([getattr(p, f) for p in parts]) for f in _PER_STEP_FIELDS),
-    )
-
-
-#: Longest series handed to one associative scan (see kalman_filter_parallel).
-PARALLEL_CHUNK = 2**18
-_PER_STEP_FIELDS = ("means", "covs", "predicted_means", "predicted_covs", "innovations")
+    return _parallel_scan(model, zs, dt)
 
 
 # Compiled as a whole: op-by-op, the associative scan dispatches (and compiles) hundreds
