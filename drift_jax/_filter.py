@@ -65,10 +65,11 @@ def filter(model, zs: ObsLike, dt: DtLike, *, method: str = "sequential", checkp
 @eqx.filter_jit
 def _compiled_filter(model, zs, dt, method: str, checkpoint: bool):
     from ._imm import IMMModel, imm_filter
-    from ._kalman import kalman_filter, kalman_filter_parallel
+    from ._kalman import _parallel_scan, _sequential_scan
 
     if isinstance(model, IMMModel):
         return imm_filter(model, zs, dt, checkpoint=checkpoint)
+    # Inputs are already checked and shaped above: go straight to the scans.
     if method == "parallel":
-        return kalman_filter_parallel(model, zs, dt)
-    return kalman_filter(model, zs, dt, checkpoint=checkpoint)
+        return _parallel_scan(model, zs, dt)
+    return _sequential_scan(model, zs, dt, checkpoint, 1)
