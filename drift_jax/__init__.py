@@ -24,7 +24,11 @@ from ._kalman import (
 )
 from ._observation import Observation as Observation
 from ._presets import seed_imm as seed_imm
-from ._risk import is_crisis as is_crisis, sigma_effective as sigma_effective
+from ._risk import (
+    RiskModel as RiskModel,
+    is_crisis as is_crisis,
+    sigma_effective as sigma_effective,
+)
 from ._streaming import (
     IMMDriftEstimator as IMMDriftEstimator,
     KalmanDriftEstimator as KalmanDriftEstimator,
