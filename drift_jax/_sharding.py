@@ -1,0 +1,65 @@
+"""Run a function over a batch of paths split across every device JAX sees.
+
+The batch (leading axis) is padded to a multiple of the device count, placed with a
+``NamedSharding`` over a one-axis mesh ``("paths",)`` and handed to ``jit``; XLA then runs
+each device's share of the paths where it lies. Each path's numbers do not depend on the
+device count: the computation is per path (``vmap``) and nothing is reduced across paths
+inside. (``jax.shard_map`` is not used: a ``lax.scan`` whose initial carry is a constant
+does not vary across devices there, and the filters start from constants.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def resolve_devices(devices) -> list:
+    """``None`` -> every device of the default backend; an int -> that many; else a list."""
+    all_devices = jax.devices()
+    if devices is None:
+        return list(all_devices)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(all_devices):
+            raise ValueError(
+                f"`devices` must be between 1 and the {len(all_devices)} available "
+                f"device(s), got devices={devices}."
+            )
+        return list(all_devices[:devices])
+    devices = list(devices)
+    if not devices:
+        raise ValueError("`devices` must name at least one device, got an empty list.")
+    return devices
+
+
+def padded_size(count: int, num_devices: int) -> int:
+    return -(-count // num_devices) * num_devices
+
+
+def shard_leading(tree, devices: list):
+    """Pad every leaf's leading axis to a multiple of ``len(devices)`` and shard it."""
+    nd = len(devices)
+    leaves = jax.tree.leaves(tree)
+    count = leaves[0].shape[0]
+    size = padded_size(count, nd)
+
+    def pad(x):
+        x = jnp.asarray(x)
+        if size == count:
+            return x
+        # Repeat the last row: padding with real data keeps every padded path finite.
+        extra = jnp.broadcast_to(x[-1:], (size - count, *x.shape[1:]))
+        return jnp.concatenate([x, extra], axis=0)
+
+    tree = jax.tree.map(pad, tree)
+    if nd == 1:
+        return jax.device_put(tree, devices[0]), count
+    mesh = Mesh(np.asarray(devices), ("paths",))
+    sharding = NamedSharding(mesh, PartitionSpec("paths"))
+    return jax.device_put(tree, sharding), count
+
+
+def unpad(tree, count: int):
+    return jax.tree.map(lambda x: x[:count], tree)
