@@ -4,12 +4,26 @@ See README.md and DESIGN.md. Public names are re-exported here; implementations 
 private modules.
 """
 
+from ._calibrate import (
+    Calibration as Calibration,
+    calibrate_observation as calibrate_observation,
+    ledoit_wolf as ledoit_wolf,
+)
+from ._config import (
+    ConfigError as ConfigError,
+    DriftConfig as DriftConfig,
+    config_from_toml as config_from_toml,
+    config_to_toml as config_to_toml,
+    load_config as load_config,
+    save_config as save_config,
+)
 from ._dynamics import (
     OU as OU,
     AbstractDynamics as AbstractDynamics,
     OUAccel as OUAccel,
 )
 from ._exact import ExactResult as ExactResult, exact_posterior as exact_posterior
+from ._feature_table import realised_drift as realised_drift
 from ._filter import filter as filter
 from ._imm import (
     IMMModel as IMMModel,
