@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._feature_table import check_values, load_calibration_data
 from ._observation import Observation
-from ._types import Float
+from ._types import ArrayLike, Float
 
 __all__ = ["Calibration", "calibrate_observation", "ledoit_wolf"]
 
@@ -72,7 +72,7 @@ class Calibration:
 
 
 def ledoit_wolf(
-    residuals: Float[np.ndarray, "n m"],
+    residuals: Float[ArrayLike, "n m"] | list,
 ) -> tuple[Float[np.ndarray, "m m"], float]:
     """Ledoit-Wolf shrinkage of a covariance toward a scaled identity.
 
@@ -104,7 +104,7 @@ def ledoit_wolf(
     x = np.asarray(residuals, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"`residuals` must have shape [n, m] with n, m >= 1, got {x.shape}.")
-    check_values("residuals", x, allow_nan=False)
+    check_values("`residuals`", x, allow_nan=False)
     n, m = x.shape
     S = x.T @ x / n
     mu = np.trace(S) / m
@@ -130,8 +130,8 @@ def calibrate_observation(
     target_column: str | None = None,
     time_column: str | None = None,
     price_column: str | None = None,
-    horizon: float | None = None,
-    shrinkage: str | float | None = None,
+    horizon: float | int | None = None,
+    shrinkage: str | float | int | None = None,
     intercept: bool = False,
     update: str = "joint",
     min_rows: int = 100,
@@ -232,12 +232,12 @@ def _fit(Z, y, names, target_name, shrinkage, intercept, update, min_rows) -> Ca
         zi, yi = Z[rows, i], y[rows]
         if np.all(zi == zi[0]):
             raise ValueError(
-                f"feature {name!r} is constant (= {zi[0]!r} on all {n_i} rows where it and "
+                f"feature {name!r} is constant (= {float(zi[0])!r} on all {n_i} rows where it and "
                 "the target are observed): it carries no information; drop it."
             )
         if np.all(yi == yi[0]):
             raise ValueError(
-                f"the target {target_name!r} is constant (= {yi[0]!r}) on the {n_i} rows "
+                f"the target {target_name!r} is constant (= {float(yi[0])!r}) on the {n_i} rows "
                 f"where feature {name!r} is observed: nothing to regress on."
             )
         if intercept:

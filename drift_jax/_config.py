@@ -79,10 +79,14 @@ class DriftConfig:
 
 
 def save_config(path, model, risk=None, *, feature_names=None, metadata=None) -> Path:
-    """Write ``model`` (and ``risk``) to a TOML config file; see ``config_to_toml``.
+    """Write ``model`` (and ``risk``) to a TOML config file (UTF-8).
+
+    Arguments:
+        path: the file to write (replaced if it exists).
+        model, risk, feature_names, metadata: as for ``config_to_toml``.
 
     Returns:
-        The path written.
+        The path written, as a ``pathlib.Path`` (the example of ``load_config`` uses it).
     """
     text = config_to_toml(model, risk, feature_names=feature_names, metadata=metadata)
     path = Path(path)
@@ -92,6 +96,9 @@ def save_config(path, model, risk=None, *, feature_names=None, metadata=None) ->
 
 def load_config(path) -> DriftConfig:
     """Read a TOML config file written by ``save_config`` (or by hand, or by production).
+
+    A ``dtype = "float64"`` file loads in float64 only with JAX's x64 mode on
+    (``jax.config.update("jax_enable_x64", True)``); otherwise JAX gives float32.
 
     Raises:
         ConfigError: (a ``ValueError``) naming the file and the key path of what is wrong.

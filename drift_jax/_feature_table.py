@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Real
 
-from ._types import Float
+from ._types import ArrayLike, Float
 
 __all__ = ["check_values", "load_calibration_data", "read_table", "realised_drift"]
 
@@ -31,13 +32,13 @@ def check_values(label: str, x: np.ndarray, *, allow_nan: bool = True, names=Non
     if x.ndim == 2:
         where += f", column {idx[1]}" + ("" if names is None else f" ({names[idx[1]]!r})")
     allowed = "finite or NaN (NaN marks missing data; inf is an error)" if allow_nan else "finite"
-    raise ValueError(f"{label} must be {allowed}; got {x[tuple(idx)]!r} at {where}.")
+    raise ValueError(f"{label} must be {allowed}; got {float(x[tuple(idx)])!r} at {where}.")
 
 
 def realised_drift(
-    times: Float[np.ndarray, " T"] | list,
-    prices: Float[np.ndarray, " T"] | list,
-    horizon: float,
+    times: Real[ArrayLike, " T"] | list | tuple | pd.Series,
+    prices: Real[ArrayLike, " T"] | list | tuple | pd.Series,
+    horizon: float | int,
 ) -> Float[np.ndarray, " T"]:
     """The realised forward return over ``horizon`` seconds, in bps/s: a drift proxy.
 
@@ -74,7 +75,9 @@ def realised_drift(
     check_values("`prices`", p)
     if np.any(p <= 0):
         k = int(np.flatnonzero(p <= 0)[0])
-        raise ValueError(f"`prices` must be > 0 (or NaN, missing); got {p[k]!r} at row {k}.")
+        raise ValueError(
+            f"`prices` must be > 0 (or NaN, missing); got {float(p[k])!r} at row {k}."
+        )
     h = _positive_seconds(horizon)
     out = np.full(t.shape, np.nan)
     seen = np.flatnonzero(~np.isnan(p))
@@ -104,9 +107,16 @@ def check_increasing(label: str, t: np.ndarray, shown) -> None:
     if bad.size:
         k = int(bad[0]) + 1
         raise ValueError(
-            f"timestamps in {label} must be strictly increasing; row {k} ({shown[k]!r}) is not "
-            f"after row {k - 1} ({shown[k - 1]!r}) (rows counted from 0, header excluded)."
+            f"timestamps in {label} must be strictly increasing; row {k} ({_show(shown[k])}) is "
+            f"not after row {k - 1} ({_show(shown[k - 1])}) (rows counted from 0, header "
+            "excluded)."
         )
+
+
+def _show(value) -> str:
+    if isinstance(value, int | float | np.integer | np.floating):
+        return repr(float(value))
+    return str(pd.Timestamp(value)) if isinstance(value, np.datetime64) else str(value)
 
 
 def read_table(path) -> pd.DataFrame:
@@ -129,8 +139,10 @@ def read_table(path) -> pd.DataFrame:
                 "pip install drift_jax[parquet]"
             ) from None
         return pd.read_parquet(path, engine="pyarrow")
+    # Floats must read back exactly; pandas >= 3 does so by default (and deprecates the flag).
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
     try:
-        return pd.read_csv(path, float_precision="round_trip")
+        return pd.read_csv(path, **exact)
     except (ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"could not read the CSV file {str(path)!r}: {err}") from err
 
