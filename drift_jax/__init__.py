@@ -25,6 +25,7 @@ from ._dynamics import (
 from ._exact import ExactResult as ExactResult, exact_posterior as exact_posterior
 from ._feature_table import realised_drift as realised_drift
 from ._filter import filter as filter
+from ._fit import FitResult as FitResult, fit as fit, fit_batch as fit_batch
 from ._imm import (
     IMMModel as IMMModel,
     IMMResult as IMMResult,
@@ -36,7 +37,21 @@ from ._kalman import (
     KalmanResult as KalmanResult,
     KalmanState as KalmanState,
 )
+from ._losses import (
+    dirichlet_prior as dirichlet_prior,
+    feature_nll as feature_nll,
+    fit_loss as fit_loss,
+    return_nll as return_nll,
+    sticky_prior as sticky_prior,
+)
 from ._observation import Observation as Observation
+from ._params import (
+    FitParams as FitParams,
+    Unconstrained as Unconstrained,
+    constrain as constrain,
+    trainable_mask as trainable_mask,
+    unconstrain as unconstrain,
+)
 from ._presets import seed_imm as seed_imm
 from ._risk import (
     RiskModel as RiskModel,
