@@ -4,6 +4,7 @@ See README.md and DESIGN.md. Public names are re-exported here; implementations 
 private modules.
 """
 
+from . import metrics as metrics
 from ._calibrate import (
     Calibration as Calibration,
     calibrate_observation as calibrate_observation,
