@@ -45,6 +45,7 @@ from ._losses import (
     return_nll as return_nll,
     sticky_prior as sticky_prior,
 )
+from ._montecarlo import MonteCarloReport as MonteCarloReport, monte_carlo as monte_carlo
 from ._observation import Observation as Observation
 from ._params import (
     FitParams as FitParams,

@@ -38,12 +38,13 @@ def padded_size(count: int, num_devices: int) -> int:
     return -(-count // num_devices) * num_devices
 
 
-def shard_leading(tree, devices: list):
-    """Pad every leaf's leading axis to a multiple of ``len(devices)`` and shard it."""
+def shard_leading(tree, devices: list, size: int | None = None):
+    """Pad every leaf's leading axis to ``size`` (default: the next multiple of
+    ``len(devices)``) and shard it; returns the sharded tree and the true count."""
     nd = len(devices)
     leaves = jax.tree.leaves(tree)
     count = leaves[0].shape[0]
-    size = padded_size(count, nd)
+    size = padded_size(count if size is None else max(size, count), nd)
 
     def pad(x):
         x = jnp.asarray(x)
