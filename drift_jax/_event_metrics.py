@@ -19,7 +19,6 @@ happens" is a segmented ``lax.scan`` run backwards in time, so every function wo
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,66 +38,16 @@ from ._metrics import (
     regime_path,
     step_lengths,
 )
+from ._segments import (
+    fill_forward,
+    segmented_scan,
+    shift_left,
+    shift_right,
+    time_to_event,
+)
 from ._types import Array, Bool, Float, Int, ScalarLike
 
 SECONDS_PER_HOUR = 3600.0
-
-
-# --- scans ----------------------------------------------------------------------------------
-
-
-def _segmented_scan(op: Callable, values, reset: Array, *, reverse: bool):
-    """Segmented fold along the last axis.
-
-    Forward: ``x_k = v_k if reset_k else op(x_{k-1}, v_k)``, with ``x_0 = v_0``.
-    Reverse: ``x_k = v_k if reset_k else op(v_k, x_{k+1})``, with ``x_{T-1} = v_{T-1}``.
-    ``values`` is a pytree of ``[..., T]`` arrays.
-    """
-    # A sequential lax.scan: the associative form does the same O(T) work but took 2-15 s
-    # to compile on XLA:CPU (T = 25 to 1e5, against ~1 s) and ran no faster there.
-    reset = reset.at[..., -1 if reverse else 0].set(True)
-    xs = jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), (reset, values))
-
-    def step(carry, x):
-        r, v = x
-        merged = op(v, carry) if reverse else op(carry, v)
-        out = jax.tree.map(lambda a, b: jnp.where(r, a, b), v, merged)
-        return out, out
-
-    init = jax.tree.map(lambda x: x[0], xs[1])  # never used: the first step is a reset
-    _, out = jax.lax.scan(step, init, xs, reverse=reverse)
-    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
-
-
-def _shift_right(x: Array, fill) -> Array:
-    """``y_k = x_{k-1}``, ``y_0 = fill``."""
-    return jnp.concatenate([jnp.full_like(x[..., :1], fill), x[..., :-1]], axis=-1)
-
-
-def _shift_left(x: Array, fill) -> Array:
-    """``y_k = x_{k+1}``, ``y_{T-1} = fill``."""
-    return jnp.concatenate([x[..., 1:], jnp.full_like(x[..., :1], fill)], axis=-1)
-
-
-def _time_to_event(event: Array, last: Array, dt: Array) -> Array:
-    """Seconds from ``t_k`` to ``t_j``, ``j >= k`` the first step with ``event_j``.
-
-    The search stops after the first step ``>= k`` with ``last`` (and at ``T - 1``): ``+inf``
-    when no event comes before that.
-    """
-    last = last.at[..., -1].set(True)
-    inf = jnp.asarray(jnp.inf, dt.dtype)
-    vals = jnp.where(event, 0, jnp.where(last, inf, _shift_left(dt, 0)))
-    return _segmented_scan(jnp.add, vals, event | last, reverse=True)
-
-
-def _first(a, b):
-    return a
-
-
-def _fill_forward(values: Array, starts: Array) -> Array:
-    """The value at the most recent ``starts`` step (at or before ``k``)."""
-    return _segmented_scan(_first, values, starts, reverse=False)
 
 
 # --- episodes -------------------------------------------------------------------------------
@@ -124,10 +73,10 @@ def regime_onsets(
     """
     reg = regime_path("regimes", regimes)
     if regime is None:
-        onset = reg != _shift_right(reg, 0)
+        onset = reg != shift_right(reg, 0)
         return onset.at[..., 0].set(include_start)
     inside = reg == index("regime", regime)
-    return inside & ~_shift_right(inside, not include_start)
+    return inside & ~shift_right(inside, not include_start)
 
 
 def _event_inputs(p_crisis, regimes, dt, threshold):
@@ -185,9 +134,9 @@ def detection_latency(
 @functools.partial(jax.jit, static_argnames="include_start")
 def _detection(p, reg, dt, crisis_index, thr, *, include_start: bool):
     crisis = reg == crisis_index
-    onset = crisis & ~_shift_right(crisis, not include_start)
-    last = ~crisis | ~_shift_left(crisis, False)
-    latency = _time_to_event(crisis & (p > thr), last, dt)
+    onset = crisis & ~shift_right(crisis, not include_start)
+    last = ~crisis | ~shift_left(crisis, False)
+    latency = time_to_event(crisis & (p > thr), last, dt)
     return jnp.where(onset, latency, jnp.nan)
 
 
@@ -227,9 +176,9 @@ def recovery_time(
 @jax.jit
 def _recovery(p, reg, dt, crisis_index, thr):
     crisis = reg == crisis_index
-    end = ~crisis & _shift_right(crisis, False)
-    last = crisis | _shift_left(crisis, False)
-    time = _time_to_event(~crisis & (p <= thr), last, dt)
+    end = ~crisis & shift_right(crisis, False)
+    last = crisis | shift_left(crisis, False)
+    time = time_to_event(~crisis & (p <= thr), last, dt)
     return jnp.where(end, time, jnp.nan)
 
 
@@ -294,17 +243,17 @@ def tracking_latency(
 
 @jax.jit
 def _tracking(est, tru, ons, dt, frac, horizon):
-    base = _fill_forward(jnp.concatenate([tru[..., :1], tru[..., :-1]], axis=-1), ons)
-    since = _segmented_scan(jnp.add, jnp.where(ons, 0, dt), ons, reverse=False)
+    base = fill_forward(jnp.concatenate([tru[..., :1], tru[..., :-1]], axis=-1), ons)
+    since = segmented_scan(jnp.add, jnp.where(ons, 0, dt), ons, reverse=False)
     window = (jnp.cumsum(ons, axis=-1) > 0) & (since <= horizon)  # at or after an event
     # Windows are prefixes of the stretches between events, so "last step of a window" is
     # known locally and the reverse scans never cross into the next event's window.
-    last = ~window | _shift_left(~window | ons, True)
+    last = ~window | shift_left(~window | ons, True)
     dev = jnp.where(window, jnp.abs(tru - base), -jnp.inf)
-    _, level = _segmented_scan(_keep_larger_deviation, (dev, tru), last, reverse=True)
-    move = _fill_forward(level, ons) - base
+    _, level = segmented_scan(_keep_larger_deviation, (dev, tru), last, reverse=True)
+    move = fill_forward(level, ons) - base
     reached = window & (move != 0) & ((est - base) * jnp.sign(move) >= frac * jnp.abs(move))
-    latency = _time_to_event(reached, last, dt)
+    latency = time_to_event(reached, last, dt)
     return jnp.where(ons & (move != 0), latency, jnp.nan)
 
 
@@ -346,7 +295,7 @@ def _quiet_alarms(p_crisis, regimes, dt, quiet_index, threshold):
 @jax.jit
 def _quiet_alarm_steps(p, reg, dt, quiet_index, thr):
     alarm = p > thr  # NaN is "no alarm", as in dj.is_crisis
-    rising = alarm & ~_shift_right(alarm, False)
+    rising = alarm & ~shift_right(alarm, False)
     quiet = reg == quiet_index
     return rising & quiet, alarm & quiet, jnp.where(quiet, dt, 0)
 

@@ -32,23 +32,24 @@ AxisLike = int | tuple[int, ...] | None
 # --- input handling shared by the metrics modules -------------------------------------------
 
 
-def path(name: str, value) -> Array:
-    """A float path ``[..., T]`` (at least one axis, the last one is time)."""
-    arr = v.as_float_array(name, value)
+def _time_axis(name: str, arr: Array) -> Array:
     if arr.ndim < 1:
         raise ValueError(
             f"`{name}` must be a path with time as its last axis ([..., T]), got a scalar."
         )
+    if arr.shape[-1] < 1:
+        raise ValueError(f"`{name}` must have at least one step, got shape {arr.shape}.")
     return arr
+
+
+def path(name: str, value) -> Array:
+    """A float path ``[..., T]`` (at least one axis, the last one is time, T >= 1)."""
+    return _time_axis(name, v.as_float_array(name, value))
 
 
 def regime_path(name: str, value) -> Array:
     """An integer path of regime indices."""
-    arr = jnp.asarray(value)
-    if arr.ndim < 1:
-        raise ValueError(
-            f"`{name}` must be a path with time as its last axis ([..., T]), got a scalar."
-        )
+    arr = _time_axis(name, jnp.asarray(value))
     if not jnp.issubdtype(arr.dtype, jnp.integer):
         raise ValueError(
             f"`{name}` must be an integer array of regime indices, got dtype {arr.dtype}."
@@ -286,7 +287,7 @@ def nees(
 
     Arguments:
         estimate: filtered drift ``[..., T]``; NaN steps are left out.
-        variance: its filtered variance, ``>= 0``.
+        variance: its filtered variance, ``> 0``.
         truth: true drift.
         where: optional boolean mask of the steps to include.
         axis: axes to pool over (``None``: all).
@@ -296,6 +297,12 @@ def nees(
         >>> float(dj.metrics.nees([1.0, 2.0], [1.0, 4.0], [0.0, 0.0]))
         1.0
     """
+    v.check(
+        "variance",
+        path("variance", variance),
+        lambda x: jnp.isnan(x) | (x > 0),
+        "> 0 (NaN for a missing step)",
+    )
     err, ok, var = _calibration_inputs(estimate, variance, truth, where)
     return _pooled_mean(err * err / var, ok, axis)
 

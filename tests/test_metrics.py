@@ -560,7 +560,14 @@ def test_onsets_not_boolean():
 
 def test_negative_variance():
     with pytest.raises(ValueError, match=r"`variance` must be >= 0 \(NaN for a missing step\)"):
-        mt.nees(P, -P, P)
+        mt.coverage(P, -P, P)
+    with pytest.raises(ValueError, match=r"`variance` must be > 0 \(NaN for a missing step\)"):
+        mt.nees(P, np.array([1.0, 0.0, nan]), P)
+
+
+def test_empty_path():
+    with pytest.raises(ValueError, match=r"`p_crisis` must have at least one step, got shape"):
+        mt.detection_latency(np.zeros((2, 0)), np.zeros((2, 0), int), 1.0, crisis_index=2)
 
 
 def test_nees_state_shapes():
