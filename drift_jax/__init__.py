@@ -4,7 +4,7 @@ See README.md and DESIGN.md. Public names are re-exported here; implementations 
 private modules.
 """
 
-from . import metrics as metrics
+from . import metrics as metrics, scenarios as scenarios
 from ._calibrate import (
     Calibration as Calibration,
     calibrate_observation as calibrate_observation,

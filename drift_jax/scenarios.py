@@ -1,0 +1,22 @@
+"""Scripted scenarios with their truth, as ``dj.scenarios``.
+
+Each scenario returns ``dj.Paths`` (true regimes, drift, drift slope, features, returns,
+step lengths) for a closed-form drift script plus a quiet OU background:
+``liquidation_cascade`` (fall, hold, recovery), ``reversal`` (a trend that turns),
+``false_alarm`` (one huge feature outlier in a quiet market), ``slow_trend`` (a slow
+ramp) and ``chop`` (frequent small reversals). Every shape parameter may be a number or a
+``(low, high)`` range drawn per path, for Monte Carlo; ``randomised(name)`` gives default
+ranges, ``simulator(name, ...)`` the chunkable form. See ``drift_jax/_scenarios.py``.
+"""
+
+from ._scenarios import (
+    SCENARIOS as SCENARIOS,
+    ScenarioSimulator as ScenarioSimulator,
+    chop as chop,
+    false_alarm as false_alarm,
+    liquidation_cascade as liquidation_cascade,
+    randomised as randomised,
+    reversal as reversal,
+    simulator as simulator,
+    slow_trend as slow_trend,
+)
