@@ -352,13 +352,17 @@ def _drive(
     step = 0
     if resume and path is not None and path.exists():
         state, saved, step = _load(path, starts, state, N, S)
-        kept = min(step, steps)
-        history[:kept] = np.asarray(saved)[:kept]
+        if step > steps:
+            raise ValueError(
+                f"`checkpoint` {str(path)!r} is at step {step}, beyond steps={steps}; pass "
+                f"steps >= {step} to continue it (or resume=False to start afresh)."
+            )
+        history[:step] = np.asarray(saved)
     settings = (jnp.asarray(steps, jnp.int32), rtol, jnp.asarray(patience, jnp.int32))
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=steps, initial=min(step, steps), disable=not progress, desc="dj.fit") as bar:
+    with tqdm(total=steps, initial=step, disable=not progress, desc="dj.fit") as bar:
         while step < steps and not bool(jnp.all(state.done)):
             state, losses = _run_chunk(
                 state, params, data, weights, settings, optimizer, prior, steps_per_call
@@ -409,20 +413,20 @@ def fit(
     returns=None,
     risk=None,
     trainable=None,
-    optimizer: optax.GradientTransformation | None = None,
-    steps: int = 500,
-    feature_weight: float = 1.0,
-    return_weight: float = 1.0,
+    optimizer=None,
+    steps=500,
+    feature_weight=1.0,
+    return_weight=1.0,
     prior=None,
-    n_starts: int = 1,
+    n_starts=1,
     key=None,
-    init_scale: float = 0.1,
-    rtol: float = 1e-7,
-    patience: int = 5,
-    steps_per_call: int = 50,
+    init_scale=0.1,
+    rtol=1e-7,
+    patience=5,
+    steps_per_call=50,
     checkpoint=None,
-    resume: bool = False,
-    progress: bool = True,
+    resume=False,
+    progress=True,
 ) -> FitResult:
     """Fit a drift model (and its return risk) to one series by gradient descent.
 
@@ -455,7 +459,8 @@ def fit(
         steps: the maximum number of optimiser steps.
         feature_weight, return_weight: weights (``>= 0``) of the two NLL terms.
         prior: ``None`` or a callable ``(model, risk) -> log prior density``, e.g.
-            ``dj.sticky_prior(20.0)``.
+            ``dj.sticky_prior(20.0)`` (like ``optimizer``, a static argument of the compiled
+            loop: reuse the object across fits).
         n_starts: starting points, run together under ``vmap``; start 0 is ``model``
             itself, the others add ``N(0, init_scale^2)`` to every free coordinate. The
             start with the lowest final loss is kept.

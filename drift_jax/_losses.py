@@ -176,8 +176,8 @@ def fit_loss(
     *,
     returns=None,
     risk=None,
-    feature_weight: float = 1.0,
-    return_weight: float = 1.0,
+    feature_weight=1.0,
+    return_weight=1.0,
     prior=None,
 ) -> Scalar:
     """The loss ``dj.fit`` minimises, per time step.
@@ -299,7 +299,7 @@ def dirichlet_prior(concentration) -> LogPrior:
     return log_prior
 
 
-def sticky_prior(concentration: float) -> LogPrior:
+def sticky_prior(concentration) -> LogPrior:
     """A stickiness prior: ``Pi[i] ~ Dir(1 + concentration * e_i)`` for every row ``i``.
 
     Its log density is ``concentration * sum_i log Pi[i, i]`` plus a constant: it favours
