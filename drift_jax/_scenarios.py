@@ -17,7 +17,7 @@ A step is labelled by its end time ``t_k``: the step in which the fall of a casc
 is its first Crisis step.
 
 Randomised variants: every shape parameter (``level``, ``start``, ...) is either a number
-or a tuple ``(low, high)``, drawn per path uniformly from ``[low, high)``;
+or a tuple ``(low, high)``, drawn per path uniformly between ``low`` and ``high``;
 ``randomised(name)`` gives the default Monte Carlo ranges. Reproducibility: path ``i``
 draws everything (parameters and noise) from ``jax.random.fold_in(key, i)`` only, as
 ``dj.simulate`` does, so a path does not depend on ``n_paths``, the chunking or the
@@ -221,6 +221,7 @@ class ScenarioSimulator(eqx.Module):
         ``chunk_size`` bounds how many paths are generated at once; ``devices`` (default:
         all) splits each chunk across devices. Neither changes the numbers.
         """
+        key = _check_key(key)
         count = _positive_int("n_paths", count)
         if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
             raise ValueError(f"`start` must be an int >= 0, got start={start!r}.")
@@ -313,6 +314,28 @@ def _number(name: str, value, what: str) -> float:
     return x
 
 
+def _float_dtype(dtype):
+    if dtype is None:
+        return jnp.result_type(float)
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"`dtype` must be None or a float dtype, got dtype={dtype!r}.")
+    return dt
+
+
+def _check_key(key):
+    ok = isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    )
+    if not ok:
+        raise ValueError(f"`key` must be a JAX PRNG key (jax.random.key(seed)), got {key!r}.")
+    return key
+
+
 def _shape_param(name: str, value, allowed: str, ok) -> tuple[float, float]:
     """``(low, high)`` of a shape parameter given as a number or a ``(low, high)`` range."""
     what = "a number or a (low, high) tuple"
@@ -381,7 +404,7 @@ def simulator(
         )
     params = {**defaults, **params}
     T = _positive_int("n_steps", _LENGTHS[name] if n_steps is None else n_steps)
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    dtype = _float_dtype(dtype)
     dt_arr = v.positive("dt", dt, dtype)
     if dt_arr.ndim not in (0, 1) or (dt_arr.ndim == 1 and dt_arr.shape != (T,)):
         raise ValueError(
@@ -467,7 +490,8 @@ _COMMON_DOC = """key: a JAX PRNG key; path ``i`` uses ``jax.random.fold_in(key, 
         return_params: also return the per-path shape parameters.
 
     Every shape parameter above may be a number or a ``(low, high)`` tuple, drawn per
-    path uniformly from ``[low, high)`` (``randomised(name)`` gives default ranges).
+    path uniformly between ``low`` and ``high`` (``randomised(name)`` gives default
+    ranges).
 
     Returns:
         ``dj.Paths`` (regime names Quiet / Trending / Crisis, ``crisis_index`` 2,

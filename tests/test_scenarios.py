@@ -255,7 +255,7 @@ def test_randomised_parameters_within_ranges_and_used():
     assert np.all(np.asarray(params["hold_time"]) == 5.0)
     for name, (lo, hi) in ((k, r) for k, r in ranges.items() if isinstance(r, tuple)):
         x = np.asarray(params[name])
-        assert np.all((x >= lo) & (x < hi)), name
+        assert np.all((x >= lo) & (x <= hi)), name
         # Uniform: mean (lo + hi) / 2, sd (hi - lo) / sqrt(12); and spread over the range.
         assert abs(x.mean() - (lo + hi) / 2) < 5 * (hi - lo) / np.sqrt(12 * B), name
         assert x.min() < lo + 0.2 * (hi - lo) and x.max() > hi - 0.2 * (hi - lo), name
@@ -364,6 +364,8 @@ def test_imm_detects_the_cascade_within_seconds():
         ({"observation": "bim"}, "observation"),
         ({"bogus": 1.0}, r"unknown parameter.*bogus"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"dtype": jnp.int32}, "dtype"),
+        ({"dtype": "float99"}, "dtype"),
     ],
 )
 def test_cascade_bad_input(kwargs, match):
@@ -389,6 +391,13 @@ def test_cascade_bad_input(kwargs, match):
 def test_scenario_bad_input(fn, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fn(KEY, 2, 10, 0.1, **kwargs)
+
+
+def test_bad_key():
+    with pytest.raises(ValueError, match="key"):
+        dj.scenarios.reversal(7, 2, 10, 0.1)
+    with pytest.raises(ValueError, match="key"):
+        dj.scenarios.simulator("chop", 10).sample(np.zeros(2, np.uint32))
 
 
 def test_bad_scenario_name():
