@@ -70,5 +70,9 @@ from ._streaming import (
     IMMDriftEstimator as IMMDriftEstimator,
     KalmanDriftEstimator as KalmanDriftEstimator,
 )
+from ._uncertainty import (
+    StandardErrors as StandardErrors,
+    standard_errors as standard_errors,
+)
 
 __version__ = "0.1.0"
