@@ -33,6 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kalman.py
 	$(BIN)/python benchmarks/bench_imm.py
+	$(BIN)/python benchmarks/bench_montecarlo.py
 
 clean:
 	rm -rf $(VENV)

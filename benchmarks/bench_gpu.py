@@ -7,7 +7,10 @@ Measured:
 - Kalman, one series of ``T`` steps (scalar OU), sequential (``lax.scan``) vs parallel
   (associative scan) forward and ``value_and_grad``, float32 and float64;
 - batched IMM (3 scalar regimes, ``dj.seed_imm``), ``B`` paths x ``T`` steps through
-  ``jit(vmap(dj.filter))``, float32 and float64, path-steps/s.
+  ``jit(vmap(dj.filter))``, float32 and float64, path-steps/s;
+- Monte Carlo (issue 4): simulate + filter in one compiled function
+  (``benchmarks/_mc_kernels.py``) at B = 1e6 paths in float32, for the scalar IMM and the
+  4-feature IMM; target >= 5e9 path-steps/s on one H100-class GPU.
 """
 
 from __future__ import annotations
@@ -79,6 +82,32 @@ def imm_rows(B, T, dtype, with_grad=True):
     return [(f"IMM B={B:.0e} T={T}", jnp.dtype(dtype).name, B * T / tf, tf, ratio)]
 
 
+def mc_rows(B, T, dtype):
+    """Simulate + filter throughput (path-steps/s) for both benchmarked IMMs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _mc_kernels as k
+
+    rows = []
+    for name, model in k.models(dtype).items():
+        run = k.simulate_and_filter(k.simulator(model, T), jax.random.key(0))
+        ids = k.path_ids(B, jax.devices())
+        k.check_finite(run(ids))
+        t = best_time(run, ids)
+        rows.append(
+            (
+                f"MC simulate+filter {name} B={B:.0e} T={T}",
+                jnp.dtype(dtype).name,
+                B * T / t,
+                t,
+                float("nan"),
+            )
+        )
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU)")
@@ -101,6 +130,9 @@ def main():
         for B, T, grad in imm_sizes:
             rows += imm_rows(B, T, dtype, grad)
         print(f"done {jnp.dtype(dtype).name}", flush=True)
+    mc_B, mc_T = (1024, 100) if args.quick else (1_000_000, 200)
+    rows += mc_rows(mc_B, mc_T, jnp.float32)
+    print("done Monte Carlo", flush=True)
     lines = [
         head,
         "",

@@ -350,14 +350,25 @@ def initial_state(model: IMMModel) -> IMMState:
 
 
 def imm_filter(
-    model: IMMModel, zs: ObsLike, dt: DtLike, *, checkpoint: bool = True, unroll: int = 1
+    model: IMMModel,
+    zs: ObsLike,
+    dt: DtLike,
+    *,
+    checkpoint: bool = True,
+    unroll: int = 1,
+    scalar_path: bool = True,
 ) -> IMMResult:
-    """Sequential IMM filter over ``zs``; see ``dj.filter``."""
+    """Sequential IMM filter over ``zs``; see ``dj.filter``.
+
+    ``scalar_path=False`` forces the general cycle for scalar members (tests compare the
+    two); by default a scalar-state IMM runs the scalar cycle, with several features
+    reduced exactly to one observation per step (``_reduction.py``).
+    """
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     M, n = model.num_regimes, model.state_dim
-    if n == 1 and model.num_features == 1:
+    if n == 1 and scalar_path:
         # The same cycle written for scalars: ~2x faster batched, ~3x in reverse mode.
         from ._imm_scalar import scalar_imm_filter
 

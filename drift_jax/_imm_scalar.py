@@ -102,26 +102,39 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
 
 
 def scalar_imm_filter(model, zs: Array, dt: Array, checkpoint: bool, unroll: int):
-    """``imm_filter`` for ``state_dim == 1`` and one feature; ``zs`` ``[T, 1]``, ``dt``
-    checked by the caller."""
+    """``imm_filter`` for ``state_dim == 1``; ``zs`` ``[T, m]``, ``dt`` checked by the caller.
+
+    With ``m > 1`` features the observations are first reduced, exactly, to one scalar
+    observation per step with its own noise variance (``_reduction.py``); the filter's
+    log-likelihood then adds back the reduction's ``log g_t``.
+    """
     from ._imm import IMMResult
 
     M = model.num_regimes
-    H, R = model.observation.matrices(1, model.dtype)
-    h, r = H[0, 0], R[0, 0]
     Pi = model.transition
+    if model.num_features == 1:
+        H, R = model.observation.matrices(1, model.dtype)
+        h, ys, rs, log_g = H[0, 0], zs[:, 0], R[0, 0], None
+    else:
+        from ._reduction import reduce_to_scalar
+
+        ys, rs, log_g = reduce_to_scalar(model.observation, zs)
+        h = jnp.ones((), model.dtype)
+    per_step_r = jnp.ndim(rs) == 1
     if dt.ndim == 0:
         Fs, Qs = model.transitions(dt)
         a, q = [F[0, 0] for F in Fs], [Q[0, 0] for Q in Qs]
-        xs = zs[:, 0]
-        unpack = lambda x: (a, q, x)
+        xs = (ys, rs) if per_step_r else ys
+        unpack = (lambda x: (a, q, *x)) if per_step_r else (lambda x: (a, q, x, rs))
     else:
         stacked = [stacked_transitions(d, dt, 1) for d in model.dynamics]
-        xs = ([F[:, 0, 0] for F, _ in stacked], [Q[:, 0, 0] for _, Q in stacked], zs[:, 0])
-        unpack = lambda x: x
+        F_t = [F[:, 0, 0] for F, _ in stacked]
+        Q_t = [Q[:, 0, 0] for _, Q in stacked]
+        xs = (F_t, Q_t, ys, rs) if per_step_r else (F_t, Q_t, ys)
+        unpack = (lambda x: x) if per_step_r else (lambda x: (*x, rs))
 
     def step(carry, x):
-        a, q, z = unpack(x)
+        a, q, z, r = unpack(x)
         state, total = carry
         state, (ll, cbar) = scalar_cycle(*state, a, q, z, h, r, Pi)
         w, means, variances = state
@@ -152,6 +165,9 @@ def scalar_imm_filter(model, zs: Array, dt: Array, checkpoint: bool, unroll: int
     zero = jnp.zeros((), model.dtype)
     (_, (total, _)), outs = jax.lax.scan(step, (init, (zero, zero)), xs, unroll=unroll)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
+    if log_g is not None:
+        lls = lls + log_g
+        total = total + jnp.sum(log_g)
     return IMMResult(total, lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index)
 
 

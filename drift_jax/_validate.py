@@ -41,9 +41,11 @@ def check(
 
     ``allowed`` completes the sentence "must be ...", e.g. "finite and >= 0".
     """
-    if is_traced(value):
-        return eqx.error_if(value, ~jnp.all(ok(value)), f"`{name}` must be {allowed}.")
-    good = np.asarray(ok(value))
+    result = ok(value)
+    # Under jit even a concrete value's check is staged out (omnistaging): a tracer.
+    if is_traced(value) or is_traced(result):
+        return eqx.error_if(value, ~jnp.all(result), f"`{name}` must be {allowed}.")
+    good = np.asarray(result)
     if not np.all(good):
         shown = np.asarray(value)
         bad = shown if shown.ndim == 0 else shown[~good.astype(bool)]

@@ -1,0 +1,136 @@
+"""Monte Carlo throughput on CPU: simulate + filter, path-steps/s, 1 vs 2 devices.
+
+For the scalar IMM (one feature) and the IMM with 4 correlated features (joint update),
+in float32 and float64, on 1 device and on 2 devices (the host's cores split into two
+XLA devices with ``--xla_force_host_platform_device_count=2``; each configuration runs in
+its own process, because the flag must be set before JAX starts):
+
+- ``simulate+filter``: one compiled function draws ``B`` paths of ``T`` steps
+  (``dj.simulator``: regime chain, drift, 4 or 1 features, returns) and filters each
+  (``benchmarks/_mc_kernels.py``); best of 3 after a warm-up;
+- ``dj.monte_carlo``: the full report (simulation chunk by chunk, the filter, every
+  metric, pooling on the host), second call (the first compiles).
+
+Writes the ``montecarlo`` section of ``benchmarks/RESULTS.md``.
+
+Usage: ``python benchmarks/bench_montecarlo.py [--B 8192] [--T 1000] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def worker(devices: int, dtype_name: str, B: int, T: int) -> list[dict]:
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    )
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(HERE))
+    import _mc_kernels as k
+
+    import drift_jax as dj
+
+    assert len(jax.devices()) == devices, jax.devices()
+    dtype = {"float32": jnp.float32, "float64": jnp.float64}[dtype_name]
+    rows = []
+    for name, model in k.models(dtype).items():
+        sim = k.simulator(model, T)
+        run = k.simulate_and_filter(sim, jax.random.key(0))
+        ids = k.path_ids(B, jax.devices())
+        out = jax.block_until_ready(run(ids))
+        k.check_finite(out)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(ids))
+            best = min(best, time.perf_counter() - t0)
+        dj.monte_carlo({"imm": model}, sim, key=jax.random.key(0), n_paths=B, chunk_size=B)
+        rep = dj.monte_carlo({"imm": model}, sim, key=jax.random.key(0), n_paths=B, chunk_size=B)
+        rows.append(
+            {
+                "model": name,
+                "dtype": dtype_name,
+                "devices": devices,
+                "sim_filter": B * T / best,
+                "seconds": best,
+                "monte_carlo": rep.info["path_steps_per_s"],
+                "rmse": float(rep.table.loc["imm", "rmse"]),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--B", type=int, default=8192, help="paths")
+    ap.add_argument("--T", type=int, default=1000, help="steps per path")
+    ap.add_argument("--quick", action="store_true", help="B=256, T=200; no RESULTS.md")
+    ap.add_argument("--worker", nargs=2, metavar=("DEVICES", "DTYPE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    B, T = (256, 200) if args.quick else (args.B, args.T)
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], B, T)))
+        return
+    sys.path.insert(0, str(HERE))
+    from _report import machine_info, machine_markdown, markdown_table, write_section
+
+    rows = []
+    for devices in (1, 2):
+        for dtype in ("float32", "float64"):
+            cmd = [sys.executable, __file__, "--B", str(B), "--T", str(T)]
+            cmd += ["--worker", str(devices), dtype]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows += json.loads(out.strip().splitlines()[-1])
+            print(f"done: {devices} device(s), {dtype}", flush=True)
+    base = {(r["model"], r["dtype"]): r["sim_filter"] for r in rows if r["devices"] == 1}
+    table = markdown_table(
+        [
+            "model",
+            "dtype",
+            "devices",
+            "simulate+filter path-steps/s",
+            "vs 1 device",
+            "dj.monte_carlo path-steps/s (with metrics)",
+            "RMSE (bps/s)",
+        ],
+        [
+            [
+                r["model"],
+                r["dtype"],
+                r["devices"],
+                f"{r['sim_filter']:.3g}",
+                f"{r['sim_filter'] / base[(r['model'], r['dtype'])]:.2f}x",
+                f"{r['monte_carlo']:.3g}",
+                f"{r['rmse']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    body = (
+        f"## Monte Carlo throughput (`benchmarks/bench_montecarlo.py`)\n\n"
+        f"B = {B} paths x T = {T} steps (dt 0.5 s) of `dj.seed_imm` regimes with a -30 bps/s "
+        "jump into Crisis; each configuration in a fresh process. The 2-device rows split "
+        "the same cores into two XLA devices (`--xla_force_host_platform_device_count=2`): "
+        "XLA:CPU runs one device's work on one thread, so this is how a batch uses 2 cores.\n\n"
+        f"{table}\n\n{machine_markdown(machine_info())}\n"
+    )
+    print(body)
+    if not args.quick:
+        write_section("montecarlo", body)
+
+
+if __name__ == "__main__":
+    main()
