@@ -360,9 +360,9 @@ def imm_filter(
 ) -> IMMResult:
     """Sequential IMM filter over ``zs``; see ``dj.filter``.
 
-    ``scalar_path=False`` forces the general cycle for scalar members (tests compare the
-    two); by default a scalar-state IMM runs the scalar cycle, with several features
-    reduced exactly to one observation per step (``_reduction.py``).
+    ``scalar_path=False`` forces the general cycle on the m features (tests compare the
+    two); by default a scalar-state IMM runs the scalar cycle, and several features are
+    reduced exactly to one observation per step (``_reduction.py``) for any state size.
     """
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
@@ -373,21 +373,34 @@ def imm_filter(
         from ._imm_scalar import scalar_imm_filter
 
         return scalar_imm_filter(model, zs, dt, checkpoint, unroll)
-    H, R = model.observation.matrices(n, dtype)
     Pi = model.transition
-    update = model.observation.update
+    log_g = None
+    if scalar_path and model.num_features > 1:
+        # Several features of mu: one exact scalar observation per step, noise r_t, seen
+        # through H = [1, 0] (_reduction.py); the m x m update becomes a 1 x 1 one.
+        from ._reduction import reduce_to_scalar
+
+        ys, rs, log_g = reduce_to_scalar(model.observation, zs)
+        zs, Rs = ys[:, None], rs[:, None, None]
+        H = jnp.zeros((1, n), dtype).at[0, 0].set(1.0)
+        update = "joint"
+    else:
+        H, R = model.observation.matrices(n, dtype)
+        Rs = None
+        update = model.observation.update
     if dt.ndim == 0:
         Fs, Qs = model.transitions(dt)
-        xs = zs
-        unpack = lambda x: (Fs, Qs, x)
+        xs = (zs, Rs)
+        unpack = lambda x: (Fs, Qs, *x)
     else:
         stacked = [stacked_transitions(d, dt, n) for d in model.dynamics]
-        xs = ([s[0] for s in stacked], [s[1] for s in stacked], zs)
+        xs = ([s[0] for s in stacked], [s[1] for s in stacked], zs, Rs)
         unpack = lambda x: x
 
     def step(carry, x):
-        F, Q, z = unpack(x)
-        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H, R, Pi, update)
+        F, Q, z, R_t = unpack(x)
+        R_step = R if R_t is None else R_t
+        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H, R_step, Pi, update)
         log_probs, means, covs = carry
         mean, cov = combine(log_probs, means, covs)
         probs = jnp.exp(jnp.stack(log_probs))
@@ -407,6 +420,8 @@ def imm_filter(
     init = _unstack(initial_state(model), M)
     _, outs = jax.lax.scan(step, init, xs, unroll=unroll)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
+    if log_g is not None:
+        lls = lls + log_g
     return IMMResult(
         jnp.sum(lls), lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index
     )

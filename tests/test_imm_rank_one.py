@@ -15,9 +15,9 @@ from drift_jax._synthetic import default_feature_cov, default_loadings
 from .conftest import correlated_cov
 
 
-def _data(update, missing=(0.1, 0.3, 0.0, 0.5)):
+def _data(update, missing=(0.1, 0.3, 0.0, 0.5), extended=False):
     obs = dj.Observation(default_loadings(), default_feature_cov(), update=update)
-    imm = dj.seed_imm(obs)
+    imm = dj.seed_imm(obs, extended=extended)
     paths = dj.simulate(
         imm, jax.random.key(3), 1, 400, 0.5, missing_prob=missing, jump_mean=[0, 0, -30.0]
     )
@@ -25,10 +25,19 @@ def _data(update, missing=(0.1, 0.3, 0.0, 0.5)):
     return imm, zs
 
 
-@pytest.mark.parametrize("update", ["joint", "independent"])
-@pytest.mark.parametrize("irregular", [False, True])
-def test_reduced_equals_general_cycle(update, irregular):
-    imm, zs = _data(update)
+@pytest.mark.parametrize(
+    ("update", "irregular", "extended"),
+    [
+        ("joint", False, False),
+        ("independent", True, False),
+        ("joint", True, True),
+        ("independent", False, True),
+    ],
+)
+def test_reduced_equals_general_cycle(update, irregular, extended):
+    """Scalar members: the scalar cycle on y_t; [mu, mu_dot] members: the general cycle
+    on y_t through H = [1, 0] with noise r_t."""
+    imm, zs = _data(update, extended=extended)
     dt = jnp.linspace(0.2, 0.9, zs.shape[0]) if irregular else 0.5
     fast = imm_filter(imm, zs, dt)
     general = imm_filter(imm, zs, dt, scalar_path=False)
