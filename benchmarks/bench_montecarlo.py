@@ -11,6 +11,10 @@ its own process, because the flag must be set before JAX starts):
 - ``dj.monte_carlo``: the full report (simulation chunk by chunk, the filter, every
   metric, pooling on the host), second call (the first compiles).
 
+- bounded memory: ``dj.monte_carlo`` over 1e7 and 1e8 path-steps (10,000 and 100,000
+  paths x 1,000 steps, scalar IMM, float32, chunks of 4,096 paths generated on the fly),
+  each in a fresh process: peak RSS should not grow with the number of paths.
+
 Writes the ``montecarlo`` section of ``benchmarks/RESULTS.md``.
 
 Usage: ``python benchmarks/bench_montecarlo.py [--B 8192] [--T 1000] [--quick]``
@@ -73,16 +77,57 @@ def worker(devices: int, dtype_name: str, B: int, T: int) -> list[dict]:
     return rows
 
 
+def big_run(n_paths: int, T: int, chunk: int) -> dict:
+    """dj.monte_carlo over n_paths x T path-steps streamed from a simulator; peak RSS."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(HERE))
+    import _mc_kernels as k
+
+    import drift_jax as dj
+
+    model = k.models(jnp.float32)["scalar IMM (m=1)"]
+    sim = k.simulator(model, T)
+    t0 = time.perf_counter()
+    rep = dj.monte_carlo(
+        {"imm": model},
+        sim,
+        key=jax.random.key(1),
+        n_paths=n_paths,
+        chunk_size=chunk,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    return {
+        "path_steps": n_paths * T,
+        "seconds": seconds,
+        "rate": n_paths * T / seconds,
+        "peak_rss_mib": rss,
+        "chunk_mib": chunk * T * 4 * 6 / 2**20,
+        "rmse": float(rep.table.loc["imm", "rmse"]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--B", type=int, default=8192, help="paths")
     ap.add_argument("--T", type=int, default=1000, help="steps per path")
     ap.add_argument("--quick", action="store_true", help="B=256, T=200; no RESULTS.md")
     ap.add_argument("--worker", nargs=2, metavar=("DEVICES", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--big", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     B, T = (256, 200) if args.quick else (args.B, args.T)
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], B, T)))
+        return
+    big_sizes = (200, 2_000) if args.quick else (10_000, 100_000)
+    big_chunk = 512 if args.quick else 4_096
+    if args.big:
+        print(json.dumps(big_run(args.big, 1_000, big_chunk)))
         return
     sys.path.insert(0, str(HERE))
     from _report import machine_info, machine_markdown, markdown_table, write_section
@@ -95,6 +140,12 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows += json.loads(out.strip().splitlines()[-1])
             print(f"done: {devices} device(s), {dtype}", flush=True)
+    bigs = []
+    for n in big_sizes:
+        cmd = [sys.executable, __file__, "--big", str(n)] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        bigs.append(json.loads(out.splitlines()[-1]))
+        print(f"done: bounded-memory run, {n} paths", flush=True)
     base = {(r["model"], r["dtype"]): r["sim_filter"] for r in rows if r["devices"] == 1}
     table = markdown_table(
         [
@@ -125,7 +176,32 @@ def main() -> None:
         "jump into Crisis; each configuration in a fresh process. The 2-device rows split "
         "the same cores into two XLA devices (`--xla_force_host_platform_device_count=2`): "
         "XLA:CPU runs one device's work on one thread, so this is how a batch uses 2 cores.\n\n"
-        f"{table}\n\n{machine_markdown(machine_info())}\n"
+        f"{table}\n\n"
+        "Bounded memory (`dj.monte_carlo` streaming a simulator, scalar IMM, float32, "
+        f"chunks of {big_chunk} paths, each size in a fresh process):\n\n"
+        + markdown_table(
+            [
+                "path-steps",
+                "seconds",
+                "path-steps/s (with metrics)",
+                "peak RSS (MiB)",
+                "all paths at once would need (GiB)",
+                "RMSE",
+            ],
+            [
+                [
+                    f"{b['path_steps']:.0e}",
+                    f"{b['seconds']:.1f}",
+                    f"{b['rate']:.3g}",
+                    f"{b['peak_rss_mib']:.0f}",
+                    f"{b['path_steps'] * 4 * 6 / 2**30:.2f}",
+                    f"{b['rmse']:.3f}",
+                ]
+                for b in bigs
+            ],
+        )
+        + "\n\n"
+        f"{machine_markdown(machine_info())}\n"
     )
     print(body)
     if not args.quick:
