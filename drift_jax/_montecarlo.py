@@ -131,8 +131,8 @@ def _path_statistics(model, idx, paths: Paths, dt, num_regimes: int, threshold: 
     crisis, quiet = paths.crisis_index, paths.quiet_index
     if crisis >= 0:
         onsets = paths.onsets(crisis)
-        events["track50"] = em.tracking_latency(est, truth, onsets, steps, fraction=0.5)
-        events["track90"] = em.tracking_latency(est, truth, onsets, steps, fraction=0.9)
+        track50, track90 = em.tracking_latencies(est, truth, onsets, steps, (0.5, 0.9))
+        events["track50"], events["track90"] = track50, track90
     if isinstance(model, IMMModel) and crisis >= 0:
         p = res.p_crisis
         events["detection"] = em.detection_latency(
