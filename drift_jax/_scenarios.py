@@ -39,7 +39,7 @@ import numpy as np
 from . import _validate as v
 from ._observation import Observation
 from ._presets import REGIME_NAMES
-from ._sharding import resolve_devices, shard_leading, unpad
+from ._sharding import sample_in_chunks
 from ._simulate import Paths, _positive_int
 from ._synthetic import default_feature_cov, default_loadings
 from ._types import Array, Float
@@ -222,16 +222,9 @@ class ScenarioSimulator(eqx.Module):
         all) splits each chunk across devices. Neither changes the numbers.
         """
         key = _check_key(key)
-        count = _positive_int("n_paths", count)
-        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
-            raise ValueError(f"`start` must be an int >= 0, got start={start!r}.")
-        chunk = count if chunk_size is None else _positive_int("chunk_size", chunk_size)
-        devs = resolve_devices(devices)
-        parts = []
-        for lo in range(0, count, chunk):
-            idx = jnp.arange(start + lo, start + min(lo + chunk, count), dtype=jnp.uint32)
-            sharded, n = shard_leading(idx, devs)
-            parts.append(unpad(_sample_paths(self, key, sharded), n))
+        parts = sample_in_chunks(
+            lambda ids: _sample_paths(self, key, ids), start, count, chunk_size, devices
+        )
         paths = Paths.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         if not return_params:
             return paths

@@ -64,3 +64,29 @@ def shard_leading(tree, devices: list, size: int | None = None):
 
 def unpad(tree, count: int):
     return jax.tree.map(lambda x: x[:count], tree)
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {name}={value!r}.")
+    return int(value)
+
+
+def sample_in_chunks(sample, start, count, chunk_size, devices) -> list:
+    """Outputs of ``sample(path_ids)`` for paths ``start .. start + count - 1``, at most
+    ``chunk_size`` per call, each call's ids split across ``devices`` (padding removed).
+
+    ``sample`` maps a sharded ``[k]`` uint32 array of path indices to a pytree with a
+    leading path axis; every path depends only on its index, so the chunk size and the
+    device count do not change the numbers.
+    """
+    count = _count("n_paths", count, 1)
+    start = _count("start", start, 0)
+    chunk = count if chunk_size is None else _count("chunk_size", chunk_size, 1)
+    devs = resolve_devices(devices)
+    parts = []
+    for lo in range(0, count, chunk):
+        idx = jnp.arange(start + lo, start + min(lo + chunk, count), dtype=jnp.uint32)
+        sharded, n = shard_leading(idx, devs)
+        parts.append(unpad(sample(sharded), n))
+    return parts

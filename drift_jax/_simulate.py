@@ -32,7 +32,7 @@ from . import _validate as v
 from ._dynamics import embedded_transition
 from ._imm import IMMModel
 from ._kalman import KalmanModel
-from ._sharding import resolve_devices, shard_leading, unpad
+from ._sharding import sample_in_chunks
 from ._types import Array, Float, Int
 
 _SAMPLING = ("regular", "poisson")
@@ -149,16 +149,9 @@ class PathSimulator(eqx.Module):
         ``chunk_size`` bounds how many paths are generated at once (the result is still
         joined in memory); ``devices`` (default: all) splits each chunk across devices.
         """
-        count = _positive_int("n_paths", count)
-        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
-            raise ValueError(f"`start` must be an int >= 0, got start={start!r}.")
-        chunk = count if chunk_size is None else _positive_int("chunk_size", chunk_size)
-        devs = resolve_devices(devices)
-        parts = []
-        for lo in range(0, count, chunk):
-            idx = jnp.arange(start + lo, start + min(lo + chunk, count), dtype=jnp.uint32)
-            sharded, n = shard_leading(idx, devs)
-            parts.append(unpad(_sample_paths(self, key, sharded), n))
+        parts = sample_in_chunks(
+            lambda ids: _sample_paths(self, key, ids), start, count, chunk_size, devices
+        )
         return parts[0] if len(parts) == 1 else Paths.concatenate(parts)
 
 
