@@ -192,10 +192,14 @@ def _derivatives(raw, params, zs, dt, returns, weights, prior):
         leaves = jax.tree.leaves(unravel(full(y)), is_leaf=_is_unconstrained)
         return jnp.concatenate([_reported_values(u) for u in leaves])
 
+    def gradient(y):
+        value, grad = jax.value_and_grad(total)(y)
+        return grad, (value, grad)
+
     y0 = jnp.where(fixed, 0.0, x0)
-    value, grad = jax.value_and_grad(total)(y0)
-    # Reverse over reverse: the Kalman filter's hand-written adjoint has no forward mode.
-    hess = jax.jacrev(jax.grad(total))(y0)
+    # Reverse over reverse (the Kalman filter's hand-written adjoint has no forward mode);
+    # the value and gradient come out of the same trace as auxiliary outputs.
+    hess, (value, grad) = jax.jacrev(gradient, has_aux=True)(y0)
     jac = jax.jacfwd(reported)(y0)
     return value, grad, hess, reported(y0), jac
 
