@@ -13,11 +13,13 @@ import dataclasses
 import math
 
 import numpy as np
-import pandas as pd
 
 from ._feature_table import check_values, load_calibration_data
 from ._observation import Observation
+from ._optional import optional_pandas
 from ._types import ArrayLike, Float
+
+pd = optional_pandas()
 
 __all__ = ["Calibration", "calibrate_observation", "ledoit_wolf"]
 

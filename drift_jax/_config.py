@@ -35,7 +35,6 @@ from pathlib import Path
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-import tomli_w
 
 from ._dynamics import OU, OUAccel
 from ._imm import IMMModel
@@ -194,10 +193,18 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         if not isinstance(metadata, dict):
             raise ValueError(f"`metadata` must be a dict, got {type(metadata).__name__}.")
         try:
-            text += "\n" + tomli_w.dumps({"metadata": metadata})
+            text += "\n" + _tomli_w().dumps({"metadata": metadata})
         except (TypeError, ValueError) as err:
             raise ValueError(f"`metadata` must hold TOML values only: {err}") from None
     return text
+
+
+def _tomli_w():
+    """tomli-w (a dependency), imported when a config is written: ``import drift_jax``
+    works without it (e.g. on an accelerator image that has only JAX)."""
+    import tomli_w
+
+    return tomli_w
 
 
 def _float(x) -> str:
@@ -214,7 +221,7 @@ def _matrix(x: np.ndarray) -> str:
 
 def _lit(s: str) -> str:
     """A TOML string literal (tomli_w's escaping)."""
-    return tomli_w.dumps({"k": str(s)})[len("k = ") : -1]
+    return _tomli_w().dumps({"k": str(s)})[len("k = ") : -1]
 
 
 def _feature_names(names, m: int) -> tuple[str, ...]:

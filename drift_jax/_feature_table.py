@@ -11,10 +11,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from jaxtyping import Real
 
+from ._optional import optional_pandas
 from ._types import ArrayLike, Float
+
+pd = optional_pandas()
 
 __all__ = ["check_values", "load_calibration_data", "read_table", "realised_drift"]
 
