@@ -26,7 +26,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jax.flatten_util import ravel_pytree
 
 from ._inputs import prepare_dt, prepare_observations
@@ -38,7 +37,10 @@ from ._losses import (
     objective,
     prepare_returns,
 )
+from ._optional import optional_pandas
 from ._params import FitParams, Unconstrained, constrain, trainable_mask, unconstrain
+
+pd = optional_pandas()
 
 #: Share of a free coordinate's squared norm in flat directions above which it is flagged.
 FLAT_SHARE = 0.1
