@@ -11,6 +11,12 @@ Measured:
 - Monte Carlo (issue 4): simulate + filter in one compiled function
   (``benchmarks/_mc_kernels.py``) at B = 1e6 paths in float32, for the scalar IMM and the
   4-feature IMM; target >= 5e9 path-steps/s on one H100-class GPU.
+- Fit (issue 5): ``dj.fit_batch`` of the 4-feature IMM (``dj.seed_imm`` with the default
+  correlated features, returns and a ``dj.RiskModel``) on ``N`` simulated instruments of
+  ``T`` steps, float64, ``steps`` Adam steps (``rtol=0``), second call (the first
+  compiles). Its columns: path-steps fitted per second (``N * T * steps`` / wall time),
+  the forward time of ``jit(vmap(dj.filter))`` on the same batch, and one gradient step
+  (fit wall time / ``steps``) over that forward.
 """
 
 from __future__ import annotations
@@ -108,6 +114,45 @@ def mc_rows(B, T, dtype):
     return rows
 
 
+def fit_rows(N, T, steps, dtype):
+    """``dj.fit_batch`` of N instruments: fitted path-steps/s and a gradient step / forward."""
+    from drift_jax._synthetic import default_feature_cov, default_loadings
+
+    obs = dj.Observation(
+        jnp.asarray(default_loadings(), dtype), jnp.asarray(default_feature_cov(), dtype)
+    )
+    truth = dj.seed_imm(obs, dtype=dtype)
+    paths = dj.simulate(truth, jax.random.key(2), N, T, 0.5, return_vol=[10.0, 10.0, 30.0])
+    start = eqx.tree_at(lambda m: m.transition, truth, 0.8 * truth.transition + 0.2 / 3)
+    risk = dj.RiskModel(jnp.asarray(5.0, dtype), jnp.asarray(1.0, dtype))
+
+    def run():
+        return dj.fit_batch(
+            start,
+            paths.features,
+            0.5,
+            returns=paths.returns,
+            risk=risk,
+            steps=steps,
+            rtol=0,
+            progress=False,
+            steps_per_call=steps,
+        )
+
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(run())
+    cold = time.perf_counter() - t0
+    assert np.all(np.isfinite(np.asarray(res.losses_per_start))), "fit produced non-finite loss"
+    t0 = time.perf_counter()
+    jax.block_until_ready(run())
+    t_fit = time.perf_counter() - t0
+    fwd = jax.jit(jax.vmap(lambda z: dj.filter(start, z, 0.5).log_likelihood))
+    tf = best_time(fwd, paths.features)
+    print(f"fit_batch: first call {cold:.1f} s, second {t_fit:.1f} s", flush=True)
+    case = f"fit_batch 4 features N={N} T={T} x {steps} Adam steps"
+    return [(case, jnp.dtype(dtype).name, N * T * steps / t_fit, tf, t_fit / steps / tf)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU)")
@@ -133,10 +178,15 @@ def main():
     mc_B, mc_T = (1024, 100) if args.quick else (1_000_000, 200)
     rows += mc_rows(mc_B, mc_T, jnp.float32)
     print("done Monte Carlo", flush=True)
+    # The fit is a scan over Adam steps of a scan over time: launch-bound per time step, so
+    # it is batched over instruments and kept short (about a minute with compilation).
+    fit_N, fit_T, fit_steps = (8, 100, 5) if args.quick else (1024, 1000, 50)
+    rows += fit_rows(fit_N, fit_T, fit_steps, jnp.float64)
+    print("done fit", flush=True)
     lines = [
         head,
         "",
-        "| case | dtype | (path-)steps/s | forward s | value_and_grad / forward |",
+        "| case | dtype | (path-)steps/s | forward s | value_and_grad (fit: one step) / forward |",
         "|---|---|---|---|---|",
     ]
     lines += [f"| {c} | {d} | {r:.3g} | {t:.4f} | {g:.2f} |" for c, d, r, t, g in rows]
