@@ -270,9 +270,12 @@ def mix(log_probs: list, means: list, covs: list, Pi: Array):
     for j in range(M):
         c = sum(Pi[i, j] * w[i] for i in range(M))
         log_cbar.append(_safe_log(c) + top)
-        # mu_{i|j} = Pi_ij w_i / c_j; an unreachable regime (c_j = 0) keeps its own state.
-        safe_c = jnp.where(c > 0, c, 1.0)
-        mu = [jnp.where(c > 0, Pi[i, j] * w[i] / safe_c, float(i == j)) for i in range(M)]
+        # mu_{i|j} = Pi_ij w_i / c_j; an unreachable regime keeps its own state. Below
+        # sqrt(smallest normal) c^2 underflows and (x/c)' = -x/c^2 would be NaN, so such a
+        # c counts as unreachable (relative to the largest w, which is 1 here).
+        reachable = c > jnp.sqrt(jnp.finfo(c.dtype).tiny)
+        safe_c = jnp.where(reachable, c, 1.0)
+        mu = [jnp.where(reachable, Pi[i, j] * w[i] / safe_c, float(i == j)) for i in range(M)]
         mean_j = sum(mu[i] * means[i] for i in range(M))
         cov_j = sum(
             mu[i] * (covs[i] + _outer(means[i] - mean_j, means[i] - mean_j)) for i in range(M)

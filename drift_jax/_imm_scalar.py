@@ -38,6 +38,8 @@ from ._dynamics import stacked_transitions
 from ._types import Array
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# sqrt of the smallest normal number, by item size (float32, float64).
+_TINY_SQRT = {4: math.sqrt(1.1754943508222875e-38), 8: math.sqrt(2.2250738585072014e-308)}
 
 
 def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z, h, r, Pi):
@@ -61,7 +63,10 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
         # (1) mixing: cbar_j = sum_i Pi_ij w_i; mu_{i|j} = Pi_ij w_i / cbar_j.
         x = [Pi[i, j] * probs[i] for i in range(M)]
         c = functools.reduce(jnp.add, x)
-        reachable = c > 0
+        # The derivative of x / c is -x / c^2: below sqrt(smallest normal) (1.5e-154 in
+        # float64) c^2 underflows to 0 and the gradient is NaN. A regime whose predicted
+        # probability is that small is treated as unreachable (values change by < 1e-154).
+        reachable = c > _TINY_SQRT[c.dtype.itemsize]
         inv_c = 1.0 / jnp.where(reachable, c, 1.0)
         # An unreachable regime (cbar_j = 0) keeps its own state.
         mu = [jnp.where(reachable, x[i] * inv_c, float(i == j)) for i in range(M)]

@@ -227,3 +227,31 @@ def test_step_with_nothing_observed_is_a_pure_prediction(m):
     np.testing.assert_allclose(
         res.log_likelihood, np.sum(np.asarray(res.log_likelihoods)), rtol=1e-14
     )
+
+
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.parametrize("scalar_path", [True, False])
+def test_gradient_finite_after_a_regime_probability_underflows(m, scalar_path):
+    """An absorbing regime (Pi[1, 0] = 0) and data that favour it: P(regime 0) underflows
+    to 0 within ~50 steps. The gradient stays finite (it was NaN: d(x/c)/dc = -x/c^2 with
+    c^2 underflowed) and equals the gradient over the same data in float64 to the end."""
+    from drift_jax._imm import imm_filter
+
+    obs = dj.Observation.scalar(1.0) if m == 1 else dj.Observation(np.ones(4), np.eye(4))
+    imm = dj.IMMModel(
+        (dj.OU(0.1, 0.3), dj.OU(0.01, 5.0)), obs, [[0.98, 0.02], [0.0, 1.0]], [0.5, 0.5]
+    )
+    rng = np.random.default_rng(0)
+    zs = np.cumsum(rng.normal(0, 3, 400))[:, None] + rng.normal(0, 1, (400, m))
+    res = imm_filter(imm, zs, 0.5, scalar_path=scalar_path)
+    assert float(res.regime_probs[-1, 0]) == 0.0
+    grad = jax.grad(lambda mdl: imm_filter(mdl, zs, 0.5, scalar_path=scalar_path).log_likelihood)(
+        imm
+    )
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grad))
+    # Once regime 0 is gone the remaining steps only see regime 1: sigma_0's gradient
+    # comes from the first steps alone, so it equals the gradient over a prefix.
+    short = jax.grad(
+        lambda mdl: imm_filter(mdl, zs[:60], 0.5, scalar_path=scalar_path).log_likelihood
+    )(imm)
+    np.testing.assert_allclose(grad.dynamics[0].sigma, short.dynamics[0].sigma, rtol=1e-6)
