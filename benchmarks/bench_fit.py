@@ -330,6 +330,13 @@ def report(one: dict, many: dict, quick: bool) -> str:
         if gap * one["T"] > 5.0 * n_par
         else "."
     )
+    if d_feat > 0 > d_ret:
+        reading += (
+            " The fit gives up feature likelihood to gain return likelihood: the return model "
+            "(one normal with sigma_effective from the filter's uncertain P(Crisis)) does not "
+            "match returns drawn with the true regime's volatility, and its gradient reaches "
+            "the regime parameters through P(Crisis)."
+        )
     params = markdown_table(
         ["parameter", "truth", "start", "fitted", "std err", "(fitted - truth) / se"], rows
     )
@@ -381,7 +388,8 @@ def report(one: dict, many: dict, quick: bool) -> str:
         f"Fitted parameters against the truth, with standard errors from the observed "
         f"information at the fit (`dj.standard_errors`; NaN where the Hessian there has a "
         f"flat or downward direction); {within2} of the {int(finite.sum())} with a standard "
-        f"error are within 2 of the truth. The return-risk truth (10, 2) holds "
+        f"error {'is' if within2 == 1 else 'are'} within 2 of the truth. The return-risk "
+        f"truth (10, 2) holds "
         f"when the regime is known; the fit scores returns under the filter's "
         f"P(Crisis), which is uncertain, so the amplifier is not a pure recovery check.\n\n"
         f"{params}\n\n"
