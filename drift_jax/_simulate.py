@@ -125,6 +125,8 @@ class PathSimulator(eqx.Module):
     num_steps: int = eqx.field(static=True)
     sampling: str = eqx.field(static=True)
     symmetric_jumps: bool = eqx.field(static=True)
+    has_jumps: bool = eqx.field(static=True, default=True)
+    has_missing: bool = eqx.field(static=True, default=True)
 
     @property
     def num_regimes(self) -> int:
@@ -210,8 +212,14 @@ def _sample_one(sim: PathSimulator, key):
     w = jax.random.normal(ks[3], (T, n), dtype)
     eps = jax.random.normal(ks[4], (T, m), dtype)
     xi = jax.random.normal(ks[5], (T,), dtype)
-    jump_z = jax.random.normal(ks[6], (T,), dtype)
-    sign = jnp.where(jax.random.bernoulli(ks[7], 0.5, (T,)), 1.0, -1.0).astype(dtype)
+    # Draws that a setting switches off are skipped (static flags): the other draws keep
+    # their keys, so a path does not change when they are skipped.
+    zeros = jnp.zeros((T,), dtype)
+    jump_z = jax.random.normal(ks[6], (T,), dtype) if sim.has_jumps else zeros
+    if sim.has_jumps and sim.symmetric_jumps:
+        sign = jnp.where(jax.random.bernoulli(ks[7], 0.5, (T,)), 1.0, -1.0).astype(dtype)
+    else:
+        sign = jnp.ones((T,), dtype)
     if sim.sampling == "poisson":
         gaps = jax.random.exponential(ks[8], (T,), dtype)
         dts = jnp.maximum(sim.dt * gaps, sim.dt * 1e-6)
@@ -222,14 +230,22 @@ def _sample_one(sim: PathSimulator, key):
         Fs, Ls = _regime_transitions(model, sim.dt)
     cum_Pi = jnp.cumsum(Pi, axis=1)
 
+    def pick(table, s):
+        # table[s] as a chain of selects over the static M: under vmap a gather per step
+        # costs several times the arithmetic it feeds on CPU.
+        out = table[M - 1]
+        for j in range(M - 2, -1, -1):
+            out = jnp.where(s == j, table[j], out)
+        return out
+
     def step(carry, inp):
         s_prev, x = carry
         u, wk, jz, sg, dtk = inp
         # Inverse-CDF draw from row s_prev; the last bin takes any rounding slack.
-        s = jnp.minimum(jnp.sum(u > cum_Pi[s_prev]), M - 1)
+        s = jnp.minimum(jnp.sum(u > pick(cum_Pi, s_prev)), M - 1)
         F, L = (Fs, Ls) if fixed else _regime_transitions(model, dtk)
-        x = F[s] @ x + L[s] @ wk
-        jump = sim.jump_mean[s] + sim.jump_std[s] * jz
+        x = pick(F, s) @ x + pick(L, s) @ wk
+        jump = pick(sim.jump_mean, s) + pick(sim.jump_std, s) * jz
         jump = jump * sg if sim.symmetric_jumps else jump
         x = x.at[0].add(jnp.where(s != s_prev, jump, 0.0))
         return (s, x), (s, x)
@@ -237,7 +253,7 @@ def _sample_one(sim: PathSimulator, key):
     _, (regimes, xs) = jax.lax.scan(step, (s0, x0), (u_regime, w, jump_z, sign, dts))
     H, R = model.observation.matrices(n, dtype)
     features = xs @ H.T + eps @ model.observation.cov_chol.T
-    if m:
+    if sim.has_missing:
         missing = jax.random.uniform(jax.random.fold_in(key, 10), (T, m), dtype)
         features = jnp.where(missing < sim.missing_prob[None, :], jnp.nan, features)
     drift = xs[:, 0]
@@ -308,7 +324,24 @@ def simulator(
             f"got shape {miss.shape}."
         )
     miss = v.check("missing_prob", miss, lambda x: (x >= 0) & (x < 1), "in [0, 1)")
-    return PathSimulator(model, dt_arr, vol, jmean, jstd, miss, T, sampling, bool(symmetric_jumps))
+    return PathSimulator(
+        model,
+        dt_arr,
+        vol,
+        jmean,
+        jstd,
+        miss,
+        T,
+        sampling,
+        bool(symmetric_jumps),
+        _maybe_nonzero(jmean) or _maybe_nonzero(jstd),
+        _maybe_nonzero(miss),
+    )
+
+
+def _maybe_nonzero(x) -> bool:
+    """False only for a concrete all-zero array (its random draws can then be skipped)."""
+    return v.is_traced(x) or bool(np.any(np.asarray(x) != 0))
 
 
 def simulate(
