@@ -22,7 +22,7 @@ from ._filter import filter as dj_filter
 from ._imm import IMMModel
 from ._kalman import KalmanModel
 from ._sharding import padded_size, resolve_devices, shard_leading, unpad
-from ._simulate import Paths, PathSimulator
+from ._simulate import Paths
 
 _PATH_STATS = ("sq_sum", "count", "inside", "nees_sum", "valid", "loglik", "alarms", "quiet_h")
 _EVENTS = ("detection", "track50", "track90", "recovery")
@@ -164,7 +164,7 @@ def _source(paths, key, n_paths):
                 "leave it None for in-memory paths."
             )
         return (lambda s, c: paths[s : s + c]), paths.num_paths
-    if isinstance(paths, PathSimulator) or hasattr(paths, "sample"):
+    if hasattr(paths, "sample"):  # dj.PathSimulator, dj.scenarios.ScenarioSimulator
         if key is None or n_paths is None:
             raise ValueError(
                 "with a simulator as `paths` (dj.simulator / dj.scenarios.simulator), pass "
@@ -178,7 +178,7 @@ def _source(paths, key, n_paths):
             raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
         return paths, int(n_paths)
     raise ValueError(
-        "`paths` must be dj.Paths, a dj.PathSimulator (with `key`, `n_paths`) or a callable "
+        "`paths` must be dj.Paths, a simulator (with `key`, `n_paths`) or a callable "
         f"(start, count) -> dj.Paths; got {type(paths).__name__}."
     )
 
@@ -211,7 +211,7 @@ def monte_carlo(
         paths: ``dj.Paths`` in memory, a simulator (``dj.simulator(...)`` or
             ``dj.scenarios.simulator(...)``: paths are then generated chunk by chunk, so
             ``n_paths`` may exceed memory), or a callable ``(start, count) -> dj.Paths``.
-        key: PRNG key for a ``PathSimulator`` source.
+        key: PRNG key for a simulator source.
         n_paths: number of paths for a simulator or callable source.
         chunk_size: paths per compiled call (bounds memory: about ``chunk_size * n_steps``
             values per output).
