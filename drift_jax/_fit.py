@@ -183,6 +183,19 @@ def default_trainable(params: FitParams, with_returns: bool) -> FitParams:
     return mask
 
 
+def trainable_coordinates(params: FitParams, trainable, with_returns: bool):
+    """``(mask, free coordinates)`` of the fields ``trainable`` selects (default:
+    ``default_trainable``); shared by ``dj.fit`` and ``dj.standard_errors``."""
+    if trainable is None:
+        mask = default_trainable(params, with_returns)
+    else:
+        mask = trainable_mask(params, trainable)
+    raw = unconstrain(params, mask)
+    if not jax.tree.leaves(raw):
+        raise ValueError(f"`trainable` selects no field to train; got trainable={trainable!r}.")
+    return mask, raw
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1, got {name}={value!r}.")
@@ -325,13 +338,7 @@ def _drive(
     data = _prepare_data(model, zs, dt, returns, batched)
 
     params = FitParams(model, risk)
-    if trainable is None:
-        mask = default_trainable(params, returns is not None)
-    else:
-        mask = trainable_mask(params, trainable)
-    raw0 = unconstrain(params, mask)
-    if not jax.tree.leaves(raw0):
-        raise ValueError(f"`trainable` selects no field to train; got trainable={trainable!r}.")
+    mask, raw0 = trainable_coordinates(params, trainable, returns is not None)
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, n_starts)
     starts = _stack([raw0] + [perturb(raw0, keys[s], init_scale) for s in range(1, n_starts)])

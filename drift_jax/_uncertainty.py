@@ -38,7 +38,7 @@ from ._losses import (
     prepare_returns,
 )
 from ._optional import optional_pandas
-from ._params import FitParams, Unconstrained, constrain, trainable_mask, unconstrain
+from ._params import FitParams, Unconstrained, constrain
 
 pd = optional_pandas()
 
@@ -347,15 +347,9 @@ def standard_errors(
     level = _check_level(level)
     rcond = _check_rcond(rcond)
 
-    if trainable is None:
-        from ._fit import default_trainable
+    from ._fit import trainable_coordinates
 
-        mask = default_trainable(params, returns is not None)
-    else:
-        mask = trainable_mask(params, trainable)
-    raw = unconstrain(params, mask)
-    if not jax.tree.leaves(raw):
-        raise ValueError(f"`trainable` selects no field; got trainable={trainable!r}.")
+    mask, raw = trainable_coordinates(params, trainable, returns is not None)
 
     names, scales, raw_names = [], [], []
     for path, u in jax.tree_util.tree_flatten_with_path(raw, is_leaf=_is_unconstrained)[0]:
