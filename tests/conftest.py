@@ -48,4 +48,42 @@ def correlated_cov(sigmas, rho: float) -> np.ndarray:
     return corr * np.outer(s, s)
 
 
-__all__ = ["tree_allclose", "correlated_cov", "jnp"]
+def ou_features(seed, T, dt, theta, sigma, R, m=1) -> np.ndarray:
+    """A scalar OU drift (Euler: F = exp(-theta dt), Q = sigma^2 dt, started at 0) seen
+    through ``m`` features with independent N(0, R) noise: ``[T]`` for m = 1, else ``[T, m]``."""
+    rng = np.random.default_rng(seed)
+    a, sd = np.exp(-theta * dt), sigma * np.sqrt(dt)
+    mu, x = np.empty(T), 0.0
+    for t in range(T):
+        x = a * x + sd * rng.normal()
+        mu[t] = x
+    noise = rng.normal(size=(T, m)) * np.sqrt(R)
+    return (mu[:, None] + noise)[:, 0] if m == 1 else mu[:, None] + noise
+
+
+def sarimax_ou(zs, P0):
+    """statsmodels' SARIMAX(1, 0, 0) + measurement error for our scalar OU Kalman model.
+
+    phi = exp(-theta dt), sigma2 = sigma^2 dt, measurement variance R. Its prior is for the
+    first observation, ours is before a predict step: a leading missing observation with
+    the known prior N(0, P0) makes the two likelihoods the same function of the parameters.
+    statsmodels' covariance-convergence shortcut is turned off (``tolerance = 0``).
+    """
+    import statsmodels.api as sm
+
+    y = np.concatenate([[np.nan], zs])
+    mod = sm.tsa.SARIMAX(
+        y,
+        order=(1, 0, 0),
+        measurement_error=True,
+        trend="n",
+        initialization="known",
+        initial_state=np.zeros(1),
+        initial_state_cov=np.eye(1) * P0,
+    )
+    mod.ssm.tolerance = 0.0
+    assert mod.param_names == ["ar.L1", "var.measurement_error", "sigma2"]
+    return mod
+
+
+__all__ = ["tree_allclose", "correlated_cov", "jnp", "ou_features", "sarimax_ou"]

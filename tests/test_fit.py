@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import optax
 import pytest
-import statsmodels.api as sm
 from scipy.optimize import minimize
 
 import drift_jax as dj
+
+from .conftest import ou_features, sarimax_ou
 
 # --- data: a scalar OU drift seen through one noisy feature (NumPy) -------------------------
 
@@ -19,13 +20,7 @@ THETA, SIGMA, R_TRUE = 0.2, 0.8, 1.5
 
 
 def _ou_features(seed, T=T_K, dt=DT_K):
-    rng = np.random.default_rng(seed)
-    a, sd = np.exp(-THETA * dt), SIGMA * np.sqrt(dt)
-    mu, x = np.empty(T), 0.0
-    for t in range(T):
-        x = a * x + sd * rng.normal()
-        mu[t] = x
-    return mu + np.sqrt(R_TRUE) * rng.normal(size=T)
+    return ou_features(seed, T, dt, THETA, SIGMA, R_TRUE)
 
 
 ZS = _ou_features(0)
@@ -56,18 +51,7 @@ def test_kalman_mle_equals_statsmodels():
     # exp(-theta dt), Q = sigma^2 dt). Its prior is for the first observation itself, ours
     # is before a predict step; a leading missing observation with the known prior
     # N(0, P0) makes the two likelihoods identical for every parameter value.
-    y = np.concatenate([[np.nan], ZS])
-    sarimax = sm.tsa.SARIMAX(
-        y,
-        order=(1, 0, 0),
-        measurement_error=True,
-        trend="n",
-        initialization="known",
-        initial_state=np.zeros(1),
-        initial_state_cov=np.eye(1) * P0,
-    )
-    sarimax.ssm.tolerance = 0.0
-    assert sarimax.param_names == ["ar.L1", "var.measurement_error", "sigma2"]
+    sarimax = sarimax_ou(ZS, P0)
     mle = sarimax.fit(
         start_params=[0.8, 1.5, 0.6], disp=False, method="lbfgs", maxiter=1000, pgtol=1e-12
     )

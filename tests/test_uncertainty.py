@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import statsmodels.api as sm
 from pandas import testing as pd_testing
 
 import drift_jax as dj
+
+from .conftest import ou_features, sarimax_ou
 
 # --- data: a scalar OU drift seen through one noisy feature (NumPy) -------------------------
 
@@ -20,14 +21,7 @@ THETA, SIGMA, R_TRUE, P0 = 0.2, 0.8, 1.5, 1.0
 
 
 def _ou_features(seed, T=T, dt=DT, m=1):
-    rng = np.random.default_rng(seed)
-    a, sd = np.exp(-THETA * dt), SIGMA * np.sqrt(dt)
-    mu, x = np.empty(T), 0.0
-    for t in range(T):
-        x = a * x + sd * rng.normal()
-        mu[t] = x
-    noise = rng.normal(size=(T, m)) * np.sqrt(R_TRUE)
-    return (mu[:, None] + noise)[:, 0] if m == 1 else mu[:, None] + noise
+    return ou_features(seed, T, dt, THETA, SIGMA, R_TRUE, m)
 
 
 ZS = _ou_features(0)
@@ -43,18 +37,7 @@ def sarimax():
     # sigma2 = sigma^2 dt, measurement variance R). Its prior is for the first observation,
     # ours is before a predict step: a leading missing observation with the known prior
     # N(0, P0) makes the two likelihoods the same function (as in tests/test_fit.py).
-    y = np.concatenate([[np.nan], ZS])
-    mod = sm.tsa.SARIMAX(
-        y,
-        order=(1, 0, 0),
-        measurement_error=True,
-        trend="n",
-        initialization="known",
-        initial_state=np.zeros(1),
-        initial_state_cov=np.eye(1) * P0,
-    )
-    mod.ssm.tolerance = 0.0
-    assert mod.param_names == ["ar.L1", "var.measurement_error", "sigma2"]
+    mod = sarimax_ou(ZS, P0)
     mle = mod.fit(
         start_params=[0.8, 1.5, 0.6],
         disp=False,
