@@ -27,6 +27,17 @@ from ._exact import ExactResult as ExactResult, exact_posterior as exact_posteri
 from ._feature_table import realised_drift as realised_drift
 from ._filter import filter as filter
 from ._fit import FitResult as FitResult, fit as fit, fit_batch as fit_batch
+from ._golden import (
+    golden_vectors as golden_vectors,
+    load_golden as load_golden,
+    save_golden as save_golden,
+)
+from ._history import (
+    History as History,
+    HistoryError as HistoryError,
+    read_history as read_history,
+    simple_returns as simple_returns,
+)
 from ._imm import (
     IMMModel as IMMModel,
     IMMResult as IMMResult,
