@@ -19,7 +19,7 @@ what changes is how it is written for XLA, which dominates the batched throughpu
   ``exp`` is vectorised. The term of the best-fitting reachable regime is
   ``cbar_j S_j^{-1/2} >= cbar_j / sqrt(S_j)``, so the sum neither overflows nor underflows
   (a 1e8 outlier leaves finite probabilities on the simplex, ordered by fit) unless a
-  predicted regime probability is itself below ~1e-300; an unreachable regime
+  predicted regime probability is itself below the smallest normal; an unreachable regime
   (``cbar_j = 0``, from a zero probability or ``Pi`` entry) gets weight 0 and no NaN in
   values or gradients;
 - the mixing divides once per regime (``1 / cbar_j``), and the posterior variance uses the
@@ -39,7 +39,8 @@ from ._types import Array
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # sqrt of the smallest normal number, by item size (float32, float64).
-_TINY_SQRT = {4: math.sqrt(1.1754943508222875e-38), 8: math.sqrt(2.2250738585072014e-308)}
+_TINY = {4: 1.1754943508222875e-38, 8: 2.2250738585072014e-308}
+_TINY_SQRT = {k: math.sqrt(v) for k, v in _TINY.items()}
 
 
 def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z, h, r, Pi):
@@ -86,7 +87,11 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
         new_means.append(pm + gain * innov)
         new_vars.append(ikh * pv * ikh + gain * r * gain)
         prefactor.append(jnp.where(seen, c * jnp.sqrt(inv_s), c))
-        quad.append(jnp.where(reachable, -0.5 * (innov * innov * inv_s), -jnp.inf))
+        # A regime too unlikely to mix from (below sqrt(smallest normal)) still gets its
+        # likelihood, as in the general cycle's log space: a sharp move can revive it. Only
+        # below the smallest normal (its term could underflow to 0) does it drop out.
+        alive = c > _TINY[c.dtype.itemsize]
+        quad.append(jnp.where(alive, -0.5 * (innov * innov * inv_s), -jnp.inf))
         cbar.append(c)
     # (4) Bayes update, max-normalised (the shift cancels: no gradient through the max).
     top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, quad))
