@@ -10,9 +10,7 @@ differences of an ulp per step, amplified a little where the regimes' means (~50
 disagree and enter the mixture variance. Spec steps (1)-(5) are those of
 ``../shared/spec/drift-estimator-note.md``, "Each cycle"; where drift_jax's form differs
 from the spec's (log space, Joseph form), this file takes drift_jax's, which is what the
-1e-13 agreement needs, and says so. Where dj.filter's scalar fast path differs from the
-general cycle (it drops for good a regime whose cbar falls below sqrt(smallest normal);
-the general cycle keeps its log-probability), this file follows the general cycle.
+1e-13 agreement needs, and says so.
 
 Contract: ``run(model, steps) -> list[dict]``
 
