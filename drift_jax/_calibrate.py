@@ -5,6 +5,12 @@ feature data, stored in config". Here each feature is regressed on a drift proxy
 (usually the realised forward return, ``realised_drift``) and ``R`` is the covariance of the
 residuals, optionally shrunk toward a scaled identity (Ledoit & Wolf 2004). The data come as
 arrays, a ``pandas.DataFrame`` or a timestamped CSV / Parquet file (``_feature_table.py``).
+
+Every statistic is specified to the bit, so a calibration written to a config reproduces on
+any machine (README, "Reproducibility"): sums of products are ``math.fsum`` of the IEEE
+elementwise products and means are ``fsum / n`` (``_exact_arithmetic.py``), never a BLAS
+product or a NumPy reduction (whose summation order depends on the SIMD kernel). ``fsum``
+is correctly rounded, so the results do not depend on the order of the rows either.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 
 import numpy as np
 
+from . import _exact_arithmetic as xa
 from ._feature_table import check_values, load_calibration_data
 from ._observation import Observation
 from ._optional import optional_pandas
@@ -107,21 +114,26 @@ def ledoit_wolf(
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"`residuals` must have shape [n, m] with n, m >= 1, got {x.shape}.")
     check_values("`residuals`", x, allow_nan=False)
+    S = xa.cross(x) / x.shape[0]
+    rho = _ledoit_wolf_intensity(x, S)
+    return _shrink(S, rho), rho
+
+
+def _ledoit_wolf_intensity(x: np.ndarray, S: np.ndarray) -> float:
+    """``rho`` of ``ledoit_wolf`` for residuals ``x`` with ``S = X^T X / n`` (given)."""
     n, m = x.shape
-    S = x.T @ x / n
-    mu = np.trace(S) / m
-    delta2 = float(np.sum((S - mu * np.eye(m)) ** 2)) / m
+    mu = xa.fsum(np.diag(S).tolist()) / m
+    delta2 = xa.fsum(((S - mu * np.eye(m)) ** 2).ravel().tolist()) / m
     x2 = x * x
     # sum_k |x_k x_k^T - S|_F^2 = sum_ij (X2^T X2)_ij - n |S|_F^2, without the n [m, m] terms.
-    beta2 = float(np.sum(x2.T @ x2 / n - S * S)) / (m * n)
+    beta2 = xa.fsum((xa.cross(x2) / n - S * S).ravel().tolist()) / (m * n)
     beta2 = min(max(beta2, 0.0), delta2)
-    rho = 0.0 if delta2 == 0.0 else beta2 / delta2
-    return _shrink(S, rho), rho
+    return 0.0 if delta2 == 0.0 else beta2 / delta2
 
 
 def _shrink(S: np.ndarray, rho: float) -> np.ndarray:
     m = S.shape[0]
-    return rho * (np.trace(S) / m) * np.eye(m) + (1.0 - rho) * S
+    return rho * (xa.fsum(np.diag(S).tolist()) / m) * np.eye(m) + (1.0 - rho) * S
 
 
 def calibrate_observation(
@@ -243,15 +255,16 @@ def _fit(Z, y, names, target_name, shrinkage, intercept, update, min_rows) -> Ca
                 f"where feature {name!r} is observed: nothing to regress on."
             )
         if intercept:
-            yc, zc = yi - yi.mean(), zi - zi.mean()
-            a = float(zc @ yc) / float(yc @ yc)
-            b = float(zi.mean() - a * yi.mean())
-            sxx, tss = float(yc @ yc), float(zc @ zc)
+            y_bar, z_bar = xa.mean(yi), xa.mean(zi)
+            yc, zc = yi - y_bar, zi - z_bar
+            sxx, tss = xa.dot(yc, yc), xa.dot(zc, zc)
+            a = xa.dot(zc, yc) / sxx
+            b = z_bar - a * y_bar
         else:
-            sxx, tss = float(yi @ yi), float(zi @ zi)
-            a, b = float(zi @ yi) / sxx, 0.0
+            sxx, tss = xa.dot(yi, yi), xa.dot(zi, zi)
+            a, b = xa.dot(zi, yi) / sxx, 0.0
         e = zi - b - a * yi
-        ssr = float(e @ e)
+        ssr = xa.dot(e, e)
         stats[:5, i] = a, b, math.sqrt(ssr / (n_i - k) / sxx), 1.0 - ssr / tss, n_i
     loadings, offsets = stats[0].copy(), stats[1].copy()
     complete = y_seen & ~np.any(np.isnan(Z), axis=1)
@@ -263,15 +276,15 @@ def _fit(Z, y, names, target_name, shrinkage, intercept, update, min_rows) -> Ca
             f"{m}x{m} covariance."
         )
     E = Z[complete] - offsets[None, :] - y[complete][:, None] * loadings[None, :]
-    sample = E.T @ E / n
+    sample = xa.cross(E) / n
     if shrinkage is None:
         cov, rho = sample, 0.0
     elif shrinkage == "ledoit-wolf":
-        cov, rho = ledoit_wolf(E)
+        rho = _ledoit_wolf_intensity(E, sample)
+        cov = _shrink(sample, rho)
     else:
         cov, rho = _shrink(sample, shrinkage), shrinkage
-    cov = 0.5 * (cov + cov.T)
-    eig = np.linalg.eigvalsh(cov)
+    eig = np.linalg.eigvalsh(cov)  # a check only: the numbers returned do not use it
     if not eig[0] > 1e-12 * max(eig[-1], 0.0):
         raise ValueError(
             f"the residual covariance of features {list(names)} is singular (eigenvalues "

@@ -13,14 +13,17 @@ Schema version 1 (``README.md``, "Config files", shows a file)::
     [[regimes]]               # one per regime (exactly one for "kalman")
     name, dynamics ("OU" | "OUAccel"), theta, sigma, theta_accel, sigma_accel (OUAccel),
     discretisation ("euler" | "exact")
-    [observation]             # update, feature_names, loadings [m], cov [m, m] (float64
-                              # L L^T, for people and the production reader), cov_cholesky
-                              # [m, m] (the factor L the model holds: reloads bit-exactly)
+    [observation]             # update, feature_names, loadings [m], cov [m, m] (L L^T
+                              # computed exactly and rounded once to float64, for people
+                              # and the production reader), cov_cholesky [m, m] (the
+                              # factor L the model holds: reloads bit-exactly)
     [risk]                    # sigma_base, crisis_amplifier, threshold (optional table)
     [metadata]                # free table (created, fitted_by, ...)
 
 Floats are written with Python's ``repr`` of the exact value in the model's dtype (a
-float32 value goes through ``float(np.float32(x))``), so save -> load is bit-exact. A file
+float32 value goes through ``float(np.float32(x))``), so save -> load is bit-exact, and
+every number written is specified to the bit (README, "Reproducibility"): the model's own
+values, and ``cov`` from ``_exact_arithmetic.gram``, never from a BLAS product. A file
 written by hand may leave out ``dtype`` (float64), ``discretisation`` ("euler"),
 ``update`` ("joint"), ``name``, ``init_*``, ``crisis_regime``, ``threshold`` (0.3), and
 one of ``cov`` / ``cov_cholesky``; unknown keys are errors (except under ``[metadata]``).
@@ -32,10 +35,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 
+from . import _exact_arithmetic as xa
 from ._dynamics import OU, OUAccel
 from ._imm import IMMModel
 from ._kalman import KalmanModel
@@ -152,7 +154,8 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
 
     lines = [
         f"# drift_jax model config, schema {SCHEMA_VERSION}.",
-        "# cov = cov_cholesky @ cov_cholesky.T in float64; the model holds cov_cholesky.",
+        "# cov = cov_cholesky @ cov_cholesky.T (exact, rounded to float64); the model holds "
+        "cov_cholesky.",
         f"schema_version = {SCHEMA_VERSION}",
         f'kind = "{kind}"',
         f'dtype = "{dtype.name}"',
@@ -175,13 +178,12 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         lines.append(f'discretisation = "{d.discretisation}"')
     obs = model.observation
     L = arr(obs.cov_chol)
-    L64 = L.astype(np.float64)
-    cov = L64 @ L64.T
+    cov = xa.gram(L.astype(np.float64))  # exact, rounded once: the same text on every machine
     lines += ["", "[observation]", f'update = "{obs.update}"']
     if names is not None:
         lines.append(f"feature_names = [{', '.join(_lit(s) for s in names)}]")
     lines.append(f"loadings = {_vector(arr(obs.loadings))}")
-    lines.append(f"cov = {_matrix(0.5 * (cov + cov.T))}")
+    lines.append(f"cov = {_matrix(cov)}")
     lines.append(f"cov_cholesky = {_matrix(L)}")
     if risk is not None:
         lines += ["", "[risk]"]
@@ -398,8 +400,7 @@ class _Reader:
                 f"must be lower triangular with a positive diagonal, got {L.tolist()}.",
             )
         if mats["cov"] is not None:
-            L64 = L.astype(np.float64)
-            C = L64 @ L64.T
+            C = xa.gram(L.astype(np.float64))
             gap = float(np.max(np.abs(np.asarray(mats["cov"], np.float64) - C)))
             scale = float(np.max(np.abs(C)))
             if not gap <= _COV_RTOL * scale:
@@ -408,9 +409,8 @@ class _Reader:
                     f"disagrees with cov_cholesky @ cov_cholesky.T: max difference {gap:.3g} "
                     f"> {_COV_RTOL:g} x max|cov| = {_COV_RTOL * scale:.3g}.",
                 )
-        obs = self.build(p[:-1], lambda: Observation.from_cholesky(loadings, L, update))
-        # The model keeps the factor it was saved with, not a re-factorisation of L L^T.
-        return eqx.tree_at(lambda ob: ob.cov_chol, obs, jnp.asarray(L)), names
+        # The model keeps the factor it was saved with, bit for bit (not a re-factorisation).
+        return self.build(p[:-1], lambda: Observation.from_cholesky(loadings, L, update)), names
 
     def risk(self, r: dict, dtype) -> RiskModel:
         p = "risk."

@@ -14,13 +14,15 @@ under ``vmap`` every operation is elementwise over the batch and XLA fuses the c
 from __future__ import annotations
 
 import functools
+import math
+from fractions import Fraction
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _validate as v
+from . import _exact_arithmetic as xa, _validate as v
 from ._dynamics import AbstractDynamics, embedded_transition, stacked_transitions
 from ._inputs import prepare_dt, prepare_observations
 from ._kalman import initial_moments, predict
@@ -59,14 +61,85 @@ def _check_stochastic(name: str, Pi: Array, tol: float) -> Array:
 
 
 def stationary_distribution(transition) -> np.ndarray:
-    """Stationary distribution ``p = p Pi`` of a row-stochastic matrix (NumPy, concrete)."""
-    P = np.asarray(transition, dtype=np.float64)
+    """Stationary distribution ``p = p Pi``, ``sum p = 1``, of a row-stochastic matrix, exactly.
+
+    Computed in exact rational arithmetic from the float64 entries, then each entry is
+    rounded correctly to float64, so the result is the same on every machine (README,
+    "Reproducibility"): each row is divided by its exact sum (a row that sums to 1 only
+    within rounding, e.g. ``[0.95, 0.04, 0.01]``, then sums to 1 exactly), and
+    ``p (Pi - I) = 0``, ``sum p = 1`` is solved by Gauss-Jordan elimination over the
+    rationals. Zeros in ``Pi`` are allowed: regimes that are left and never re-entered
+    (transient) get probability 0, and a near-reducible chain (off-diagonals of 1e-12)
+    is solved exactly. A chain with more than one closed class (a set of regimes it never
+    leaves) has no unique stationary distribution: that is a ``ValueError``.
+
+    Arguments:
+        transition: ``Pi`` ``[M, M]``, ``Pi[i, j] = P(next = j | now = i)``: finite, >= 0,
+            each row summing to 1 within 1e-9 (1e-5 for a float32 array), as
+            ``dj.IMMModel`` requires. A NumPy or JAX array or nested lists (concrete).
+
+    Returns:
+        ``p`` ``[M]``, NumPy float64, ``>= 0``, summing to 1 within ``M`` ulps.
+
+    Example:
+        >>> import drift_jax as dj
+        >>> dj.stationary_distribution([[0.9, 0.1], [0.5, 0.5]]).tolist()  # 5/6, 1/6
+        [0.8333333333333334, 0.16666666666666666]
+        >>> dj.stationary_distribution([[0.5, 0.5], [0.0, 1.0]]).tolist()  # 1 absorbs
+        [0.0, 1.0]
+    """
+    if isinstance(transition, str) or transition is None:
+        raise ValueError(f"`transition` must be a matrix of numbers, got {transition!r}.")
+    try:
+        raw = np.asarray(transition)
+        P = raw.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`transition` must be a matrix of numbers, got {type(transition).__name__}."
+        ) from None
+    if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] == 0:
+        raise ValueError(f"`transition` must be a square matrix [M, M], got shape {P.shape}.")
     M = P.shape[0]
-    A = np.vstack([P.T - np.eye(M), np.ones((1, M))])
-    b = np.concatenate([np.zeros(M), [1.0]])
-    p = np.linalg.lstsq(A, b, rcond=None)[0]
-    p = np.clip(p, 0.0, None)
-    return p / p.sum()
+    tol = 1e-5 if raw.dtype == np.float32 else 1e-9
+    rows = P.tolist()
+    sums = [math.fsum(r) for r in rows]
+    if not (np.all(np.isfinite(P)) and np.all(P >= 0) and all(abs(s - 1) <= tol for s in sums)):
+        raise ValueError(
+            f"`transition` must be row-stochastic: finite, >= 0, each row summing to 1 within "
+            f"{tol:g} (Pi[i, j] = P(next = j | now = i)); got transition={rows} with row sums "
+            f"{sums}."
+        )
+    # Closed classes of the chain (sets of regimes it never leaves), from the zero pattern.
+    reach = []
+    for i in range(M):
+        seen, todo = {i}, [i]
+        while todo:
+            k = todo.pop()
+            new = [j for j in range(M) if rows[k][j] > 0 and j not in seen]
+            seen.update(new)
+            todo += new
+        reach.append(seen)
+    closed = {frozenset(r) for i, r in enumerate(reach) if all(i in reach[j] for j in r)}
+    if len(closed) > 1:
+        sets = ["{" + ", ".join(map(str, sorted(c))) + "}" for c in sorted(closed, key=min)]
+        shown = ", ".join(sets[:-1]) + " and " + sets[-1]
+        raise ValueError(
+            f"`transition` has {len(closed)} closed classes of regimes that the chain never "
+            f"leaves ({shown}, counted from 0), so its stationary distribution is not unique "
+            "(it depends on the starting regime); pass `init_probs` explicitly, or give Pi a "
+            f"path between those classes. Got transition={rows}."
+        )
+    F = []  # Pi with each row divided by its exact sum: rows that sum to 1 exactly
+    for r in rows:
+        exact = [Fraction(x) for x in r]
+        total = sum(exact)
+        F.append([x / total for x in exact])
+    # p (Pi - I) = 0: equation j is sum_i p_i (Pi[i, j] - [i == j]) = 0; then sum_i p_i = 1.
+    A = [[F[i][j] - (i == j) for i in range(M)] for j in range(M)] + [[Fraction(1)] * M]
+    p = xa.solve(A, [Fraction(0)] * M + [Fraction(1)])
+    if p is None or min(p) < 0:  # pragma: no cover - excluded by the closed-class check
+        raise ValueError(f"`transition` has no unique stationary distribution: {rows}.")
+    return np.array([float(x) for x in p], dtype=np.float64)
 
 
 class IMMModel(eqx.Module):

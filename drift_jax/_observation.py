@@ -4,6 +4,11 @@
 ``[mu, mu_dot]`` the observation matrix is ``H = [alpha, 0]`` (features observe ``mu``, not
 ``mu_dot``). ``R`` is a full covariance held by its Cholesky factor. NaN in ``z`` means "not
 observed", component by component.
+
+The factor of a concrete ``R`` and ``Observation.cov`` of a concrete factor are computed in
+plain Python float64 (``_exact_arithmetic.py``), so the numbers a model holds and a config
+file stores are the same on every machine (README, "Reproducibility"); traced values
+(inside ``jit`` / ``grad``) use JAX's kernels.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from . import _linalg as la, _validate as v
+from . import _exact_arithmetic as xa, _linalg as la, _validate as v
 from ._types import Array, Float, Loadings, ObsMatrix, ObsVector, Scalar, StateMatrix, StateVector
 
 _UPDATES = ("joint", "independent")
@@ -53,8 +58,13 @@ class Observation(eqx.Module):
         if alpha.ndim != 1:
             raise ValueError(f"`loadings` must be a vector of shape [m], got shape {alpha.shape}.")
         alpha = v.check("loadings", alpha, jnp.isfinite, "finite")
-        R = v.as_float_array("cov", cov, dtype=alpha.dtype)
         m = alpha.shape[0]
+        self.loadings = alpha
+        self.update = v.one_of("update", update, _UPDATES)
+        if isinstance(cov, _GivenFactor):  # from_cholesky: keep the factor as given
+            self.cov_chol = _checked_factor("cov_chol", cov.value, m, alpha.dtype)
+            return
+        R = v.as_float_array("cov", cov, dtype=alpha.dtype)
         if R.ndim == 0:
             R = R * jnp.eye(m, dtype=alpha.dtype)
         elif R.ndim == 1:
@@ -64,9 +74,7 @@ class Observation(eqx.Module):
                 f"`cov` must have shape [m, m] = [{m}, {m}] to match `loadings` of size {m}, "
                 f"got shape {R.shape}."
             )
-        self.loadings = alpha
         self.cov_chol = _checked_cholesky("cov", R)
-        self.update = v.one_of("update", update, _UPDATES)
 
     @classmethod
     def scalar(cls, R, loading=1.0) -> Observation:
@@ -77,9 +85,21 @@ class Observation(eqx.Module):
 
     @classmethod
     def from_cholesky(cls, loadings, cov_chol, update: str = "joint") -> Observation:
-        """Build from a lower Cholesky factor of ``R`` (the fitting parametrisation)."""
-        chol = jnp.tril(jnp.asarray(cov_chol))
-        return cls(loadings, chol @ chol.T, update)
+        """Build from a lower Cholesky factor ``L`` of ``R = L L^T`` (the fitting
+        parametrisation, and what a config file's ``cov_cholesky`` holds).
+
+        The model keeps ``L`` bit for bit (in the loadings' dtype): it is checked, not
+        recomputed from ``L L^T``. The part above the diagonal is ignored; a column whose
+        diagonal entry is negative is negated (the same ``R``, exactly); the diagonal must
+        be nonzero and the entries finite.
+
+        Example:
+            >>> import drift_jax as dj
+            >>> obs = dj.Observation.from_cholesky([1.0, 0.8], [[2.0, 0.0], [1.5, 0.5]])
+            >>> obs.cov_chol.tolist(), obs.cov.tolist()
+            ([[2.0, 0.0], [1.5, 0.5]], [[4.0, 3.0], [3.0, 2.5]])
+        """
+        return cls(loadings, _GivenFactor(cov_chol), update)
 
     @property
     def num_features(self) -> int:
@@ -87,8 +107,16 @@ class Observation(eqx.Module):
 
     @property
     def cov(self) -> ObsMatrix:
-        """The noise covariance ``R = L L^T``."""
-        return self.cov_chol @ self.cov_chol.T
+        """The noise covariance ``R = L L^T``.
+
+        For a concrete factor, ``L L^T`` computed exactly and rounded once (to float64, then
+        to the model's dtype): the ``cov`` a config file stores, on every machine. Traced
+        (inside ``jit`` / ``grad``), JAX's matrix product.
+        """
+        L = self.cov_chol
+        if v.is_traced(L) or jnp.ndim(L) != 2:
+            return L @ L.T
+        return jnp.asarray(xa.gram(np.asarray(L)).astype(L.dtype))
 
     def observation_matrix(self, state_dim: int, dtype=None) -> Float[Array, "m n"]:
         """``H = [alpha, 0, ...]`` of shape ``[m, state_dim]`` (in ``dtype`` if given)."""
@@ -101,8 +129,19 @@ class Observation(eqx.Module):
         return self.observation_matrix(state_dim, dtype), self.cov.astype(dtype)
 
 
+class _GivenFactor:
+    """``Observation(loadings, _GivenFactor(L))``: the model holds ``L`` (``from_cholesky``)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 def _checked_cholesky(name: str, R: Array) -> Array:
-    """Cholesky factor of ``R`` after checking it is finite, symmetric and positive definite."""
+    """Cholesky factor of ``R`` after checking it is finite, symmetric and positive definite.
+
+    Concrete ``R``: the factor of ``0.5 (R + R^T)`` in float64 by ``_exact_arithmetic.cholesky``
+    (the same bits on every machine), rounded to ``R``'s dtype. Traced: ``jnp.linalg``.
+    """
     tol = 1e-8
     if v.is_traced(R):
         L = jnp.linalg.cholesky(0.5 * (R + R.T))
@@ -116,15 +155,40 @@ def _checked_cholesky(name: str, R: Array) -> Array:
         raise ValueError(
             f"`{name}` must be symmetric (positive definite); got {name}={Rn.tolist()}."
         )
-    try:
-        np.linalg.cholesky(0.5 * (Rn + Rn.T))
-    except np.linalg.LinAlgError:
-        eig = np.linalg.eigvalsh(0.5 * (Rn + Rn.T))
+    S = 0.5 * (Rn + Rn.T)
+    L = xa.cholesky(S)
+    if L is None:
+        eig = np.linalg.eigvalsh(S)  # for the message only
         raise ValueError(
             f"`{name}` must be positive definite (all eigenvalues > 0); got {name}={Rn.tolist()} "
             f"with eigenvalues {eig.tolist()}."
-        ) from None
-    return jnp.linalg.cholesky(0.5 * (R + R.T))
+        )
+    return jnp.asarray(L.astype(R.dtype))
+
+
+def _checked_factor(name: str, L, m: int, dtype) -> Array:
+    """A lower Cholesky factor as given: the lower triangle, columns signed so the diagonal
+    is > 0 (negation is exact), after checking it is ``[m, m]``, finite, nonsingular."""
+    L = v.as_float_array(name, L, dtype)
+    if L.shape != (m, m):
+        raise ValueError(
+            f"`{name}` must have shape [m, m] = [{m}, {m}] to match `loadings` of size {m}, "
+            f"got shape {L.shape}."
+        )
+    if v.is_traced(L):
+        d = jnp.diagonal(L)
+        bad = ~jnp.all(jnp.isfinite(jnp.tril(L))) | jnp.any(d == 0)
+        L = jnp.tril(jnp.where(d[None, :] < 0, -L, L))
+        return eqx.error_if(L, bad, f"`{name}` must be finite with a nonzero diagonal.")
+    Ln = np.tril(np.asarray(L))
+    if not np.all(np.isfinite(Ln)) or np.any(np.diagonal(Ln) == 0):
+        raise ValueError(
+            f"`{name}` must be a finite lower-triangular factor with a nonzero diagonal "
+            f"(R = L L^T positive definite); got {name}={Ln.tolist()}."
+        )
+    # Negate the columns with a negative diagonal (exact), then zero the upper part again.
+    Ln = np.tril(np.where(np.diagonal(Ln)[None, :] < 0, -Ln, Ln))
+    return jnp.asarray(Ln)
 
 
 def measurement_update(

@@ -41,7 +41,7 @@ def test_recovers_loadings_and_covariance(big):
     assert np.all(np.abs(cal.cov - R) < 4.0 * cov_se)  # measured: max |err| / se = 1.13
     assert cal.n_rows == T and cal.n_rows_per_feature.tolist() == [T] * 4
     assert cal.shrinkage == 0.0
-    np.testing.assert_array_equal(cal.cov, cal.sample_cov)
+    np.testing.assert_array_equal(cal.cov, cal.sample_cov)  # no shrinkage: the same array
     np.testing.assert_allclose(np.diag(cal.residual_corr), 1.0, rtol=1e-14)
     corr = R / np.outer(np.sqrt(np.diag(R)), np.sqrt(np.diag(R)))
     np.testing.assert_allclose(cal.residual_corr, corr, atol=0.01)
@@ -153,6 +153,8 @@ def test_shrinkage_settings(big):
     assert 0.0 <= lw.shrinkage <= 1.0  # measured 0.0017 at T = 5000
     np.testing.assert_allclose(lw.cov, lw.shrinkage * target + (1 - lw.shrinkage) * S, rtol=1e-13)
     assert np.linalg.eigvalsh(lw.cov)[0] > 0
+    # Bit for bit: the statistics are fsum formulas, specified to the bit (README,
+    # "Reproducibility"); rho = 0 gives 0 * target + 1 * S = S exactly.
     np.testing.assert_array_equal(lw.sample_cov, S)
     half = dj.calibrate_observation(z, mu, shrinkage=0.5)
     assert half.shrinkage == 0.5
@@ -223,6 +225,8 @@ def test_tables_and_files_give_the_arrays_results(tmp_path):
     df.to_parquet(parquet, index=False)
     with_seconds = df.assign(time=seconds)
     kw = {"time_column": "time", "price_column": "price", "horizon": 5}
+    # Bit for bit: every source reads back the same float64 values, and the statistics
+    # are fsum formulas (specified to the bit, independent of memory layout and row order).
     for source in (df, csv, str(parquet), with_seconds):
         cal = dj.calibrate_observation(source, columns=cols, shrinkage="ledoit-wolf", **kw)
         np.testing.assert_array_equal(cal.loadings, ref.loadings)

@@ -3,6 +3,7 @@ files raise errors that name the file and the key path."""
 
 import datetime
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -121,6 +122,11 @@ def test_written_cov_is_the_cholesky_product_in_float64():
         L = np.asarray(doc["observation"]["cov_cholesky"])
         np.testing.assert_array_equal(L, np.asarray(model.observation.cov_chol, F64))
         cov = np.asarray(doc["observation"]["cov"])
+        # Bit for bit: the written cov is specified as L L^T computed exactly and rounded
+        # once to float64 (no BLAS product), so an exact reference must match every bit.
+        F = [[Fraction(x) for x in row] for row in L.tolist()]
+        exact = [[float(sum(a * b for a, b in zip(r, q, strict=True))) for q in F] for r in F]
+        assert cov.tolist() == exact
         np.testing.assert_array_equal(cov, cov.T)
         np.testing.assert_allclose(cov, L @ L.T, rtol=1e-15, atol=0)
         tol = 1e-14 if dtype is F64 else 1e-6
@@ -131,6 +137,8 @@ def test_reloaded_model_filters_identically():
     model = dj.seed_imm(_obs(), dtype=F64)
     loaded = dj.config_from_toml(dj.config_to_toml(model)).model
     z = np.random.default_rng(0).normal(0.0, 10.0, (20, 4))
+    # Bit for bit: the models are bitwise equal and run through one compiled filter in one
+    # process (the filter's own output is not specified across machines, README).
     a, b = dj.filter(model, z, 0.1), dj.filter(loaded, z, 0.1)
     assert float(a.log_likelihood) == float(b.log_likelihood)
     np.testing.assert_array_equal(np.asarray(a.regime_probs), np.asarray(b.regime_probs))
@@ -227,13 +235,46 @@ cov_cholesky = [[3.0]]
     np.testing.assert_array_equal(np.asarray(m.init_cov), 4.0 * np.eye(2))
 
 
-def test_readme_config_block_loads():
+def _readme_block() -> str:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("## Config files", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
-    cfg = dj.config_from_toml(block, source="README.md")
-    obs = dj.Observation(jnp.array([1.0, 0.8]), [[4.0, 2.8], [2.8, 4.0]])
-    assert_same_model(cfg.model, dj.seed_imm(obs, dtype=F64))
+    return readme.split("## Config files", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+README_MODEL = dict(
+    model=lambda: dj.seed_imm(
+        dj.Observation(jnp.array([1.0, 0.8]), [[4.0, 2.8], [2.8, 4.0]]), dtype=F64
+    ),
+    risk=lambda: dj.RiskModel(F64(10.0), F64(2.0)),
+    feature_names=("bim", "dbim"),
+    metadata={"created": "2025-01-15T12:00:00Z", "fitted_by": "dj.fit on 2024-Q4 data"},
+)
+
+
+def test_readme_config_block_loads():
+    cfg = dj.config_from_toml(_readme_block(), source="README.md")
+    # Bit for bit is legitimate: the seed's init_probs (the exact stationary distribution)
+    # and the Cholesky factor of cov are specified to the bit on every machine (README,
+    # "Reproducibility"), so the README's numbers are the code's on any CPU / BLAS.
+    assert_same_model(cfg.model, README_MODEL["model"]())
     assert cfg.feature_names == ("bim", "dbim") and float(cfg.risk.crisis_amplifier) == 2.0
+    assert cfg.metadata == README_MODEL["metadata"]
+
+
+def test_readme_config_block_is_what_the_writer_writes():
+    """The README's block without its end-of-line comments is config_to_toml's text."""
+    lines = _readme_block().splitlines()
+    stripped = [line if line.startswith("#") else re.sub(r"\s+#.*$", "", line) for line in lines]
+    text = dj.config_to_toml(
+        README_MODEL["model"](),
+        README_MODEL["risk"](),
+        feature_names=README_MODEL["feature_names"],
+        metadata=README_MODEL["metadata"],
+    )
+    # Exact text, numbers included: legitimate only because every number written is
+    # specified to the bit (exact stationary distribution, plain-Python Cholesky, L L^T
+    # exact and rounded once, repr), not computed by BLAS / LAPACK (README,
+    # "Reproducibility"). If this fails after a change, regenerate the README block.
+    assert "\n".join(stripped) + "\n" == text
 
 
 GOOD = dj.config_to_toml(

@@ -126,7 +126,7 @@ def test_synthetic_is_seeded():
     a = liquidation_cascade(num_steps=300, seed=5)
     b = liquidation_cascade(num_steps=300, seed=5)
     c = liquidation_cascade(num_steps=300, seed=6)
-    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.features, b.features)  # same seed, same process
     assert not np.array_equal(a.features, c.features)
 
 

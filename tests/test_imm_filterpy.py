@@ -133,6 +133,7 @@ def test_imm_equals_filterpy_imm_estimator(seed, kinds, m, irregular):
             np.testing.assert_allclose(res.model_means[t, j], kf.x, rtol=TOL, atol=TOL)
             np.testing.assert_allclose(res.model_covs[t, j], kf.P, rtol=TOL, atol=TOL)
         assert abs(float(res.log_likelihoods[t]) - step_ll) <= TOL * max(1.0, abs(step_ll))
+    # Exact: drift and drift_var are views of the same result arrays.
     np.testing.assert_array_equal(out.drift, res.means[:, 0])
     np.testing.assert_array_equal(out.drift_var, res.covs[:, 0, 0])
     # The likelihoods really moved the weights: the comparison exercised the Bayes step.

@@ -53,6 +53,7 @@ def test_predict_is_an_update_with_nothing_observed():
     imm = dj.seed_imm(dj.Observation.scalar(2.0))
     est = dj.IMMDriftEstimator(imm).update_observation(-6.0, 0.5)
     pred, nan = est.predict(0.7), est.update_observation(np.nan, 0.7)
+    # Exact: predict is update_observation with NaN (one compiled step, same inputs).
     np.testing.assert_array_equal(pred.state.log_probs, nan.state.log_probs)
     np.testing.assert_array_equal(pred.state.means, nan.state.means)
     assert float(pred.log_likelihood) == float(est.log_likelihood)

@@ -49,6 +49,7 @@ def _reference_return_nll(drift, p_crisis, sigma_base, amp, dts, returns):
 def test_feature_nll_is_minus_the_log_likelihood():
     for model, zs in ((_imm(), ZS), (_kalman(), ZS), (_imm(1), ZS[:, 0])):
         ll = dj.filter(model, zs, DTS).log_likelihood
+        # Exact: both run the same compiled filter on the same inputs.
         assert float(dj.feature_nll(model, zs, DTS)) == -float(ll)
 
 
@@ -79,7 +80,8 @@ def test_return_nll_equals_the_definition(kind):
 def test_return_nll_has_no_look_ahead():
     model = _imm()
     base = float(dj.return_nll(model, RISK, ZS, DTS, RETURNS))
-    # The last features update the filter after the last scored interval: no effect.
+    # The last features update the filter after the last scored interval: no effect. Exact:
+    # the same compiled filter and ops, and a scan's earlier steps never see later inputs.
     zs = ZS.copy()
     zs[-1] = [50.0, -50.0]
     assert float(dj.return_nll(model, RISK, zs, DTS, RETURNS)) == base

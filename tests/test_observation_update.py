@@ -144,6 +144,8 @@ def test_all_nan_step_is_a_pure_prediction(dynamics, update):
     zs[k] = np.nan
     res = dj.filter(model, zs, dts)
 
+    # Exact: with nothing observed the gain is exactly 0 (masked rows), so the update adds
+    # exact zeros and multiplies by an exact identity.
     assert float(res.log_likelihoods[k]) == 0.0
     np.testing.assert_array_equal(res.means[k], res.predicted_means[k])
     np.testing.assert_array_equal(res.covs[k], res.predicted_covs[k])

@@ -271,6 +271,8 @@ def test_randomised_parameters_within_ranges_and_used():
 
 
 def test_reproducible_prefix_chunks_and_common_random_numbers():
+    # Bit for bit (on one machine): each path's draws are keyed by fold_in(key, index), so
+    # they and the path's arithmetic do not depend on the batch or the chunk.
     kw = dict(dj.scenarios.randomised("reversal"), return_params=True)
     a, pa = dj.scenarios.reversal(KEY, 4, T, DT, **kw)
     again, _ = dj.scenarios.reversal(KEY, 4, T, DT, **kw)
