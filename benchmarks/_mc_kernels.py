@@ -3,7 +3,11 @@
 ``simulate_and_filter``: one compiled function that draws ``B`` paths with ``dj.simulator``
 (regimes, drift, features, returns) and runs the IMM filter over each, returning per-path
 log-likelihood and mean squared drift error: the Monte Carlo inner loop without the
-metrics' bookkeeping. The path indices are sharded across the devices given.
+metrics' bookkeeping. Public API only: ``PathSimulator.sample(..., devices=...)`` traced
+inside ``jax.jit`` splits the path indices across the devices (its ``device_put`` becomes a
+sharding constraint), and ``out_shardings`` keeps each device's results where they were
+computed, so the program is the same as one fed sharded path indices (same collectives,
+same numbers).
 """
 
 from __future__ import annotations
@@ -11,11 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import drift_jax as dj
-from drift_jax._sharding import shard_leading
-from drift_jax._simulate import _sample_paths
-from drift_jax._synthetic import default_feature_cov, default_loadings
 
 DT = 0.5
 
@@ -23,9 +25,7 @@ DT = 0.5
 def models(dtype) -> dict:
     """The two benchmarked IMMs: scalar (1 feature) and 4 correlated features (joint)."""
     scalar = dj.seed_imm(dj.Observation.scalar(jnp.asarray(4.0, dtype)), dtype=dtype)
-    obs4 = dj.Observation(
-        jnp.asarray(default_loadings(), dtype), jnp.asarray(default_feature_cov(), dtype)
-    )
+    obs4 = dj.scenarios.default_observation(dtype=dtype)
     return {"scalar IMM (m=1)": scalar, "IMM, 4 features (joint)": dj.seed_imm(obs4, dtype=dtype)}
 
 
@@ -35,22 +35,21 @@ def simulator(model, T: int):
     )
 
 
-def simulate_and_filter(sim, key):
-    """``run(path_ids) -> (log-likelihood [B], mean squared error [B])``, compiled."""
+def simulate_and_filter(sim, B: int, devices):
+    """``run(key) -> (log-likelihood [B], mean squared error [B])``, compiled, its ``B``
+    paths split across ``devices`` (``B`` a multiple of their number)."""
+    devices = list(devices)
+    if B % len(devices):
+        raise ValueError(f"B={B} must be a multiple of the {len(devices)} devices")
+    by_path = NamedSharding(Mesh(np.asarray(devices), ("paths",)), PartitionSpec("paths"))
 
-    @jax.jit
-    def run(ids):
-        paths = _sample_paths(sim, key, ids)
+    def run(key):
+        paths = sim.sample(key, 0, B, devices=devices)
         res = jax.vmap(lambda z: dj.filter(sim.model, z, DT, checkpoint=False))(paths.features)
         err = res.drift - paths.drift
         return res.log_likelihood, jnp.mean(err * err, axis=-1)
 
-    return run
-
-
-def path_ids(B: int, devices) -> jax.Array:
-    ids, _ = shard_leading(jnp.arange(B, dtype=jnp.uint32), list(devices))
-    return ids
+    return jax.jit(run, out_shardings=by_path)
 
 
 def check_finite(out) -> None:

@@ -2,7 +2,7 @@
 
 Data: ``dj.simulate`` from ``dj.seed_imm`` (Quiet / Trending / Crisis, the seed transition
 matrix per cycle) observed through the four default correlated features
-(``default_loadings()``, ``default_feature_cov()``), ``dt = 0.5`` s, and returns with a
+(``dj.scenarios.default_observation()``), ``dt = 0.5`` s, and returns with a
 per-regime volatility of 10 / 10 / 30 bps per sqrt(s), i.e. ``dj.RiskModel(sigma_base=10,
 crisis_amplifier=2)`` when the regime is known. The fit starts from perturbed parameters
 (every ``theta`` and ``sigma`` off by a factor 0.6-2, ``R`` 1.25x too large, ``Pi`` pulled
@@ -44,7 +44,6 @@ jax.config.update("jax_enable_x64", True)  # the library never does; a script ma
 import numpy as np  # noqa: E402
 
 import drift_jax as dj  # noqa: E402
-from drift_jax._synthetic import default_feature_cov, default_loadings  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DT = 0.5  # seconds per step
@@ -73,7 +72,7 @@ class CompileClock:
 
 
 def true_model() -> dj.IMMModel:
-    return dj.seed_imm(dj.Observation(default_loadings(), default_feature_cov()))
+    return dj.seed_imm(dj.scenarios.default_observation())
 
 
 def perturbed(truth: dj.IMMModel) -> dj.IMMModel:

@@ -98,10 +98,10 @@ def mc_rows(B, T, dtype):
 
     rows = []
     for name, model in k.models(dtype).items():
-        run = k.simulate_and_filter(k.simulator(model, T), jax.random.key(0))
-        ids = k.path_ids(B, jax.devices())
-        k.check_finite(run(ids))
-        t = best_time(run, ids)
+        run = k.simulate_and_filter(k.simulator(model, T), B, jax.devices())
+        key = jax.random.key(0)
+        k.check_finite(run(key))
+        t = best_time(run, key)
         rows.append(
             (
                 f"MC simulate+filter {name} B={B:.0e} T={T}",
@@ -116,11 +116,7 @@ def mc_rows(B, T, dtype):
 
 def fit_rows(N, T, steps, dtype):
     """``dj.fit_batch`` of N instruments: fitted path-steps/s and a gradient step / forward."""
-    from drift_jax._synthetic import default_feature_cov, default_loadings
-
-    obs = dj.Observation(
-        jnp.asarray(default_loadings(), dtype), jnp.asarray(default_feature_cov(), dtype)
-    )
+    obs = dj.scenarios.default_observation(dtype=dtype)
     truth = dj.seed_imm(obs, dtype=dtype)
     paths = dj.simulate(truth, jax.random.key(2), N, T, 0.5, return_vol=[10.0, 10.0, 30.0])
     start = eqx.tree_at(lambda m: m.transition, truth, 0.8 * truth.transition + 0.2 / 3)

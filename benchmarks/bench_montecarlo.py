@@ -52,14 +52,14 @@ def worker(devices: int, dtype_name: str, B: int, T: int) -> list[dict]:
     rows = []
     for name, model in k.models(dtype).items():
         sim = k.simulator(model, T)
-        run = k.simulate_and_filter(sim, jax.random.key(0))
-        ids = k.path_ids(B, jax.devices())
-        out = jax.block_until_ready(run(ids))
+        run = k.simulate_and_filter(sim, B, jax.devices())
+        key = jax.random.key(0)
+        out = jax.block_until_ready(run(key))
         k.check_finite(out)
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            jax.block_until_ready(run(ids))
+            jax.block_until_ready(run(key))
             best = min(best, time.perf_counter() - t0)
         dj.monte_carlo({"imm": model}, sim, key=jax.random.key(0), n_paths=B, chunk_size=B)
         rep = dj.monte_carlo({"imm": model}, sim, key=jax.random.key(0), n_paths=B, chunk_size=B)

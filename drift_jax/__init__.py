@@ -18,6 +18,16 @@ from ._config import (
     load_config as load_config,
     save_config as save_config,
 )
+from ._constraints import (
+    AbstractConstraint as AbstractConstraint,
+    LowerCholesky as LowerCholesky,
+    NonNegative as NonNegative,
+    Positive as Positive,
+    PositiveDefinite as PositiveDefinite,
+    Real as Real,
+    Simplex as Simplex,
+    SimplexRows as SimplexRows,
+)
 from ._dynamics import (
     OU as OU,
     AbstractDynamics as AbstractDynamics,
@@ -56,6 +66,19 @@ from ._losses import (
     return_nll as return_nll,
     sticky_prior as sticky_prior,
 )
+from ._methods import (
+    AbstractAdjoint as AbstractAdjoint,
+    AbstractFilterMethod as AbstractFilterMethod,
+    Associative as Associative,
+    CheckpointAdjoint as CheckpointAdjoint,
+    DirectAdjoint as DirectAdjoint,
+    FusedAdjoint as FusedAdjoint,
+    Sequential as Sequential,
+)
+from ._model import (
+    AbstractDriftModel as AbstractDriftModel,
+    AbstractFilterResult as AbstractFilterResult,
+)
 from ._montecarlo import MonteCarloReport as MonteCarloReport, monte_carlo as monte_carlo
 from ._observation import Observation as Observation
 from ._params import (
@@ -65,7 +88,12 @@ from ._params import (
     trainable_mask as trainable_mask,
     unconstrain as unconstrain,
 )
-from ._presets import seed_imm as seed_imm
+from ._presets import (
+    REGIME_NAMES as REGIME_NAMES,
+    SEED_REGIMES as SEED_REGIMES,
+    SEED_TRANSITION as SEED_TRANSITION,
+    seed_imm as seed_imm,
+)
 from ._risk import (
     RiskModel as RiskModel,
     is_crisis as is_crisis,
@@ -86,4 +114,15 @@ from ._uncertainty import (
     standard_errors as standard_errors,
 )
 
-__version__ = "0.1.0"
+
+def _package_version() -> str:
+    """The installed distribution's version (pyproject.toml holds the one number)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("drift_jax")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
+__version__ = _package_version()

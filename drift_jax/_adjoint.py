@@ -10,8 +10,9 @@ cotangent -- is ONE flat vector: one fused kernel per step, ~2x the forward.
 
 ``scan_with_adjoint(step, params, init, xs)`` has the semantics of
 ``lax.scan(lambda c, x: step(params, c, x), init, xs)``; it is differentiable in reverse
-mode (also reverse-over-reverse), not in forward mode: ``jax.jvp``/``jax.hessian`` need the
-plain scan (``dj.filter(..., checkpoint=False)``).
+mode (also reverse-over-reverse), not in forward mode: ``jax.jvp`` / ``jax.jacfwd`` need
+another adjoint (``dj.Sequential(adjoint=dj.DirectAdjoint())``). It is what
+``dj.FusedAdjoint()`` runs, for any model's step.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 
-def scan_with_adjoint(step: Callable, params, init, xs, *, adjoint: bool = True, unroll=1):
+def scan_with_adjoint(step: Callable, params, init, xs):
     """``lax.scan`` of ``step(params, carry, x) -> (carry, y)`` with a fused adjoint.
 
-    ``params`` are the arrays every step reads (differentiable like any input).
-    ``adjoint=False`` is the plain ``lax.scan`` (JAX's own derivatives, forward mode too).
+    ``params`` are the arrays every step reads (differentiable like any input; ``step``
+    must not close over traced values, which the adjoint would not differentiate).
     Returns ``(final carry, stacked ys)``.
     """
-    if not adjoint:
-        return jax.lax.scan(lambda c, x: step(params, c, x), init, xs, unroll=unroll)
     return _scan(step, params, init, xs)
 
 

@@ -403,7 +403,6 @@ def _golden(args) -> None:
 
 def _filter(args) -> None:
     from ._filter import filter as run_filter
-    from ._imm import IMMModel
     from ._optional import optional_pandas
     from ._risk import RiskModel
 
@@ -420,15 +419,13 @@ def _filter(args) -> None:
         "drift_var": np.asarray(res.drift_var),
         "drift_std": np.sqrt(np.asarray(res.drift_var)),
     }
-    if isinstance(cfg.model, IMMModel):
+    p_crisis = np.asarray(res.p_crisis)  # 0 without a crisis regime (a Kalman model)
+    if cfg.model.crisis_index >= 0:  # regime columns for a model with a crisis regime
         probs = np.asarray(res.regime_probs)
         for j, name in enumerate(cfg.model.regime_names):
             table[f"p_{name}"] = probs[:, j]
-        p_crisis = probs[:, cfg.model.crisis_index]
         table["p_crisis"] = p_crisis
         table["is_crisis"] = p_crisis > risk.threshold
-    else:
-        p_crisis = np.zeros(h.num_steps)
     table["sigma_effective"] = np.asarray(risk.sigma_effective(p_crisis))
     table["log_likelihood_step"] = np.asarray(res.log_likelihoods)
     df = pd.DataFrame(table)

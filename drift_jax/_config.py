@@ -38,9 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from . import _exact_arithmetic as xa
+from ._constraints import constrained_fields, field_constraint
 from ._dynamics import OU, OUAccel
 from ._imm import IMMModel
 from ._kalman import KalmanModel
+from ._model import AbstractDriftModel, check_model
 from ._observation import Observation
 from ._risk import RiskModel
 
@@ -55,6 +57,8 @@ __all__ += ["load_config", "save_config"]
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 _DTYPES = ("float32", "float64")
+#: The model kinds (``model.kind``) schema 1 holds.
+_KINDS = ("kalman", "imm")
 _COV_RTOL = 1e-9
 
 
@@ -73,7 +77,7 @@ class DriftConfig:
         metadata: the free ``[metadata]`` table (empty when absent).
     """
 
-    model: KalmanModel | IMMModel
+    model: AbstractDriftModel
     risk: RiskModel | None = None
     feature_names: tuple[str, ...] | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
@@ -133,13 +137,12 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         >>> text.splitlines()[2:4]
         ['schema_version = 1', 'kind = "imm"']
     """
-    if isinstance(model, IMMModel):
-        kind, members = "imm", model.dynamics
-    elif isinstance(model, KalmanModel):
-        kind, members = "kalman", (model.dynamics,)
-    else:
+    check_model(model)
+    kind, members = model.kind, model.regime_dynamics
+    if kind not in _KINDS:
         raise ValueError(
-            f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
+            f"config schema {SCHEMA_VERSION} holds the model kinds {list(_KINDS)}; a "
+            f"{type(model).__name__} (kind {kind!r}) cannot be written to a config file."
         )
     dtype = np.dtype(model.dtype)
     if dtype.name not in _DTYPES:
@@ -173,8 +176,8 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         if kind == "imm":
             lines.append(f"name = {_lit(model.regime_names[k])}")
         lines.append(f'dynamics = "{type(d).__name__}"')
-        fields = ("theta", "sigma") + (("theta_accel", "sigma_accel") * isinstance(d, OUAccel))
-        lines += [f"{f} = {_float(arr(getattr(d, f)))}" for f in fields]
+        # the parameters are the fields that declare a constraint, in declaration order
+        lines += [f"{f} = {_float(arr(getattr(d, f)))}" for f, _ in constrained_fields(d)]
         lines.append(f'discretisation = "{d.discretisation}"')
     obs = model.observation
     L = arr(obs.cov_chol)
@@ -187,8 +190,7 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
     lines.append(f"cov_cholesky = {_matrix(L)}")
     if risk is not None:
         lines += ["", "[risk]"]
-        lines.append(f"sigma_base = {_float(arr(risk.sigma_base))}")
-        lines.append(f"crisis_amplifier = {_float(arr(risk.crisis_amplifier))}")
+        lines += [f"{f} = {_float(arr(getattr(risk, f)))}" for f, _ in constrained_fields(risk)]
         lines.append(f"threshold = {_float(risk.threshold)}")
     text = "\n".join(lines) + "\n"
     if metadata:
@@ -314,7 +316,7 @@ class _Reader:
                 f"is {version}; this drift_jax reads schema versions "
                 f"{list(SUPPORTED_SCHEMA_VERSIONS)} (a newer drift_jax may read it).",
             )
-        kind = self.choice(doc, "", "kind", ("kalman", "imm"))
+        kind = self.choice(doc, "", "kind", _KINDS)
         top = ("schema_version", "kind", "dtype", "init_mean", "init_cov", "regimes")
         top += ("observation", "risk", "metadata")
         if kind == "imm":
@@ -359,19 +361,30 @@ class _Reader:
         metadata = self.get(doc, "", "metadata", "table", default={}, need=False)
         return DriftConfig(model, risk, names, metadata)
 
+    def parameters(self, table: dict, p: str, cls, dtype) -> dict:
+        """The scalar parameters of ``cls`` (its fields that declare a constraint), each
+        checked against its declared constraint."""
+        declared = constrained_fields(cls)
+        values = {f: np.asarray(self.get(table, p, f, "number"), dtype) for f, _ in declared}
+        for f, constraint in declared:
+            if not constraint.is_valid(values[f]):
+                self.fail(
+                    p[:-1],
+                    f"is invalid: `{f}` must be {constraint.allowed}; got {f}={table[f]!r}.",
+                )
+        return values
+
     def dynamics(self, r: dict, p: str, dtype):
-        kinds = {
-            "OU": ("theta", "sigma"),
-            "OUAccel": ("theta", "sigma", "theta_accel", "sigma_accel"),
-        }
+        kinds = {"OU": OU, "OUAccel": OUAccel}
         cls = self.choice(r, p, "dynamics", tuple(kinds))
-        self.only(r, p, ("name", "dynamics", "discretisation") + kinds[cls])
+        make = kinds[cls]
+        keys = tuple(f for f, _ in constrained_fields(make))
+        self.only(r, p, ("name", "dynamics", "discretisation") + keys)
         if "name" in r:
             self.get(r, p, "name", "string")
-        values = [np.asarray(self.get(r, p, key, "number"), dtype) for key in kinds[cls]]
+        values = self.parameters(r, p, make, dtype)
         disc = self.choice(r, p, "discretisation", ("euler", "exact"), default="euler")
-        make = OU if cls == "OU" else OUAccel
-        return self.build(p[:-1], lambda: make(*values, discretisation=disc))
+        return self.build(p[:-1], lambda: make(**values, discretisation=disc))
 
     def observation(self, o: dict, dtype):
         p = "observation."
@@ -394,11 +407,9 @@ class _Reader:
             R = np.asarray(mats["cov"], dtype)
             return self.build(p[:-1], lambda: Observation(loadings, R, update)), names
         L = np.asarray(mats["cov_cholesky"], dtype)
-        if np.any(np.triu(L, 1) != 0) or not np.all(np.diag(L) > 0):
-            self.fail(
-                p + "cov_cholesky",
-                f"must be lower triangular with a positive diagonal, got {L.tolist()}.",
-            )
+        factor = field_constraint(Observation, "cov_chol")
+        if not factor.is_valid(L):
+            self.fail(p + "cov_cholesky", f"must be {factor.allowed}, got {L.tolist()}.")
         if mats["cov"] is not None:
             C = xa.gram(L.astype(np.float64))
             gap = float(np.max(np.abs(np.asarray(mats["cov"], np.float64) - C)))
@@ -414,11 +425,10 @@ class _Reader:
 
     def risk(self, r: dict, dtype) -> RiskModel:
         p = "risk."
-        self.only(r, p, ("sigma_base", "crisis_amplifier", "threshold"))
-        base = np.asarray(self.get(r, p, "sigma_base", "number"), dtype)
-        amp = np.asarray(self.get(r, p, "crisis_amplifier", "number"), dtype)
+        self.only(r, p, tuple(f for f, _ in constrained_fields(RiskModel)) + ("threshold",))
+        values = self.parameters(r, p, RiskModel, dtype)
         threshold = float(self.get(r, p, "threshold", "number", default=0.3, need=False))
-        return self.build("risk", lambda: RiskModel(base, amp, threshold))
+        return self.build("risk", lambda: RiskModel(**values, threshold=threshold))
 
 
 def _is_number(x) -> bool:

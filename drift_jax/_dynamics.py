@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from . import _validate as v
+from ._constraints import CONSTRAINT, NonNegative
 from ._types import Array, Float, Scalar, ScalarLike, StateMatrix
 
 _DISCRETISATIONS = ("euler", "exact")
@@ -35,10 +36,22 @@ def _expm1_ratio(x: Array) -> Array:
 
 
 class AbstractDynamics(eqx.Module):
-    """Interface of a drift model: its state size and its discrete transition."""
+    """Interface of a drift model: its state size and its discrete transition.
+
+    A subclass sets ``state_dim``, holds a static ``discretisation`` string and defines
+    ``transition(dt)`` and ``half_life``. Each array field declares its constraint,
+    ``kappa: Float[Array, ""] = eqx.field(metadata={"constraint": dj.Positive()})``:
+    that, not the field's name, decides how ``dj.fit`` trains it, how
+    ``dj.standard_errors`` reports it and what values are valid (``_constraints.py``).
+    """
 
     state_dim: eqx.AbstractClassVar[int]
     discretisation: eqx.AbstractVar[str]
+
+    @property
+    def dtype(self):
+        """The floating dtype of the parameters (that of the first array field)."""
+        return jax.tree.leaves(self)[0].dtype
 
     @abc.abstractmethod
     def transition(self, dt: ScalarLike) -> tuple[StateMatrix, StateMatrix]:
@@ -67,8 +80,8 @@ class OU(AbstractDynamics):
         ((1, 1), (1, 1))
     """
 
-    theta: Float[Array, ""]
-    sigma: Float[Array, ""]
+    theta: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
+    sigma: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
     discretisation: str = eqx.field(static=True)
     state_dim: ClassVar[int] = 1
 
@@ -111,10 +124,10 @@ class OUAccel(AbstractDynamics):
         (2, 2)
     """
 
-    theta: Float[Array, ""]
-    sigma: Float[Array, ""]
-    theta_accel: Float[Array, ""]
-    sigma_accel: Float[Array, ""]
+    theta: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
+    sigma: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
+    theta_accel: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
+    sigma_accel: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
     discretisation: str = eqx.field(static=True)
     state_dim: ClassVar[int] = 2
 

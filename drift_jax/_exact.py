@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._dynamics import stacked_transitions
-from ._imm import IMMModel, _safe_log
+from ._imm import _safe_log
 from ._inputs import prepare_dt, prepare_observations
 from ._kalman import KalmanState, kalman_step
+from ._model import check_model
 from ._types import Array, Float, Scalar
 
 #: Largest number of histories enumerated (``M^T``); beyond this use the IMM.
@@ -34,13 +34,14 @@ class ExactResult(eqx.Module):
     drift_var: Float[Array, " T"]
 
 
-def exact_posterior(model: IMMModel, zs, dt) -> ExactResult:
+def exact_posterior(model, zs, dt) -> ExactResult:
     """Exact ``p(regime_t | z_<=t)``, drift posterior and log-likelihood by enumeration.
 
     The model is the IMM's generative one: ``r_{-1} ~ init_probs``, ``r_t | r_{t-1} ~
     Pi[r_{t-1}]``, ``x_{-1} ~ N(init_mean, init_cov)``, ``x_t = F_{r_t} x_{t-1} + w_t``,
     ``z_t = H x_t + eps_t``. Cost is ``M^T`` Kalman filters (``T <= 8`` for ``M = 3`` is
-    instant).
+    instant). Any drift model (``dj.AbstractDriftModel``): a ``dj.KalmanModel`` is the
+    one-history case, its Kalman filter.
 
     Example:
         >>> import drift_jax as dj
@@ -49,6 +50,7 @@ def exact_posterior(model: IMMModel, zs, dt) -> ExactResult:
         >>> ex.regime_probs.shape
         (3, 3)
     """
+    check_model(model)
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     T = zs.shape[0]
@@ -62,13 +64,12 @@ def exact_posterior(model: IMMModel, zs, dt) -> ExactResult:
         )
     histories = jnp.asarray(np.array(list(itertools.product(range(M), repeat=T))), jnp.int32)
     dts = jnp.broadcast_to(dt, (T,))
-    per_regime = [stacked_transitions(d, dts, n) for d in model.dynamics]
-    Fs = jnp.stack([p[0] for p in per_regime])  # [M, T, n, n]
-    Qs = jnp.stack([p[1] for p in per_regime])
+    Fs, Qs = (jnp.stack(x) for x in model.stacked_transitions(dts))  # [M, T, n, n]
     H, R = model.observation.matrices(n, dtype)
     update = model.observation.update
-    log_Pi = _safe_log(model.transition)
-    log_first = _safe_log(model.init_probs @ model.transition)  # P(r_0)
+    Pi = model.transition_matrix()
+    log_Pi = _safe_log(Pi)
+    log_first = _safe_log(model.initial_regime_probs @ Pi)  # P(r_0)
 
     def one_history(h):
         log_prior = log_first[h[0]] + jnp.sum(log_Pi[h[:-1], h[1:]])

@@ -31,6 +31,7 @@ from ._losses import (
     objective,
     prepare_returns,
 )
+from ._methods import SEQUENTIAL, resolve_method
 from ._params import FitParams, constrain, perturb, trainable_mask, unconstrain
 from ._types import Array, Bool, Float, Int
 
@@ -105,7 +106,9 @@ def _split(data: _Data):
 
 
 @eqx.filter_jit
-def _run_chunk(state: _FitState, params, data: _Data, weights, settings, optimizer, prior, length):
+def _run_chunk(
+    state: _FitState, params, data: _Data, weights, settings, optimizer, prior, method, length
+):
     """``length`` optimiser steps of every (instrument, start); returns the losses."""
     steps, rtol, patience = settings
     extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
@@ -113,7 +116,7 @@ def _run_chunk(state: _FitState, params, data: _Data, weights, settings, optimiz
     def one(raw, opt_state, last, calm, done, failed, num, inputs, on):
         def value_fn(r):
             p = constrain(r, params)
-            return objective(p.model, p.risk, *inputs, weights, prior)
+            return objective(p.model, p.risk, *inputs, weights, prior, method)
 
         loss, grad = jax.value_and_grad(value_fn)(raw)
         active = on & ~done
@@ -154,10 +157,10 @@ def _run_chunk(state: _FitState, params, data: _Data, weights, settings, optimiz
 
 
 @eqx.filter_jit
-def _final_losses(raw, params, data: _Data, weights, prior):
+def _final_losses(raw, params, data: _Data, weights, prior, method):
     def value(r, inputs):
         p = constrain(r, params)
-        return objective(p.model, p.risk, *inputs, weights, prior)
+        return objective(p.model, p.risk, *inputs, weights, prior, method)
 
     inputs, axes = _split(data)
     over_starts = jax.vmap(value, in_axes=(0, None))
@@ -166,17 +169,14 @@ def _final_losses(raw, params, data: _Data, weights, prior):
 
 def default_trainable(params: FitParams, with_returns: bool) -> FitParams:
     """The fields ``dj.fit`` trains by default (see ``dj.fit``), as a pytree of bools."""
-    from ._imm import IMMModel
-
     mask = jax.tree.map(lambda _: True, params)
-    held = [lambda p: p.model.observation.loadings, lambda p: p.model.init_mean]
-    held.append(lambda p: p.model.init_cov)
-    if isinstance(params.model, IMMModel):
-        held.append(lambda p: p.model.init_probs)
+    held = [lambda p: p.model.observation.loadings]
+    # The prior before the first step (init_mean, init_cov and, with regimes, init_probs).
+    held += [lambda p, f=f: getattr(p.model, f) for f in params.model.initial_prior_fields()]
     if params.risk is not None:
         if not with_returns:
             held.append(lambda p: p.risk)
-        elif not isinstance(params.model, IMMModel):
+        elif params.model.crisis_index < 0:
             held.append(lambda p: p.risk.crisis_amplifier)  # P(Crisis) = 0: no information
     for where in held:
         mask = eqx.tree_at(where, mask, replace_fn=lambda n: jax.tree.map(lambda _: False, n))
@@ -307,8 +307,10 @@ def _drive(
     checkpoint,
     resume,
     progress,
+    method,
 ) -> FitResult:
     _check_model(model)
+    method = resolve_method(method, model)
     if risk is not None:
         _check_risk(risk)
     if returns is not None and risk is None:
@@ -372,7 +374,7 @@ def _drive(
     with tqdm(total=steps, initial=step, disable=not progress, desc="dj.fit") as bar:
         while step < steps and not bool(jnp.all(state.done)):
             state, losses = _run_chunk(
-                state, params, data, weights, settings, optimizer, prior, steps_per_call
+                state, params, data, weights, settings, optimizer, prior, method, steps_per_call
             )
             new_step = min(step + steps_per_call, steps)
             history[step:new_step] = np.asarray(losses)[: new_step - step]
@@ -383,7 +385,7 @@ def _drive(
             if path is not None:
                 _save(path, starts, state, history, step)
 
-    finals = _final_losses(state.raw, params, data, weights, prior)  # [N, S]
+    finals = _final_losses(state.raw, params, data, weights, prior, method)  # [N, S]
     best = jnp.argmin(jnp.where(jnp.isnan(finals), jnp.inf, finals), axis=1)
     idx = jnp.arange(N)
     best_raw = jax.tree.map(lambda x: x[idx, best], state.raw)
@@ -434,6 +436,7 @@ def fit(
     checkpoint=None,
     resume=False,
     progress=True,
+    method=SEQUENTIAL,
 ) -> FitResult:
     """Fit a drift model (and its return risk) to one series by gradient descent.
 
@@ -486,6 +489,10 @@ def fit(
         resume: continue from ``checkpoint`` if the file exists (a fit that resumes
             equals an uninterrupted one bit for bit); otherwise start afresh.
         progress: show a tqdm progress bar.
+        method: how the filter runs and is differentiated inside the loss, as for
+            ``dj.filter`` (default ``dj.Sequential()``: the model's default adjoint, the
+            fused one for a ``dj.KalmanModel``, ``jax.checkpoint`` for an IMM). The fit
+            needs reverse mode, which every method has.
 
     Returns:
         A ``dj.FitResult`` with the fitted ``model`` and ``risk``, ``loss_history``
@@ -524,6 +531,7 @@ def fit(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
+        method=method,
     )
 
 

@@ -18,12 +18,12 @@ def write_fit_report(config_path: Path, start_cfg, res, se, history, losses) -> 
     """Write ``<config>.md`` and ``<config>.png`` beside ``config_path``; returns both paths."""
     from . import __version__
     from ._filter import filter as run_filter
-    from ._imm import IMMModel
 
     md_path = config_path.with_suffix(".md")
     png_path = config_path.with_suffix(".png")
     filtered = run_filter(res.model, history.features, history.dt)
-    _plot(png_path, res, se, history, losses, filtered, isinstance(res.model, IMMModel))
+    # Regime probabilities are worth a panel only with more than one regime.
+    _plot(png_path, res, se, history, losses, filtered, res.model.num_regimes > 1)
     t = se.table
     rows = [
         "| parameter | estimate | std err | 95% interval | identified |",
@@ -65,7 +65,7 @@ def write_fit_report(config_path: Path, start_cfg, res, se, history, losses) -> 
     return [md_path, png_path]
 
 
-def _plot(path, res, se, history, losses, filtered, is_imm) -> None:
+def _plot(path, res, se, history, losses, filtered, regimes: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +98,7 @@ def _plot(path, res, se, history, losses, filtered, is_imm) -> None:
 
     ax = axes[2]
     time = history.times
-    if is_imm:
+    if regimes:
         probs = np.asarray(filtered.regime_probs)
         ax.stackplot(time, probs.T, labels=list(res.model.regime_names), alpha=0.8)
         ax.set(ylim=(0, 1), ylabel="regime probability")

@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import config_to_toml
-from ._imm import IMMModel
-from ._kalman import KalmanModel
+from ._model import check_model
 from ._risk import RiskModel
 
 FORMAT = "drift_jax golden vectors"
@@ -108,10 +107,7 @@ def golden_vectors(
     from . import __version__
     from ._filter import filter as run_filter
 
-    if not isinstance(model, KalmanModel | IMMModel):
-        raise TypeError(
-            f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
-        )
+    check_model(model, TypeError)
     risk = RiskModel() if risk is None else risk
     if not isinstance(risk, RiskModel):
         raise TypeError(f"`risk` must be a dj.RiskModel or None, got {type(risk).__name__}.")
@@ -123,14 +119,11 @@ def golden_vectors(
     drift = np.asarray(res.drift, dtype=np.float64)
     var = np.asarray(res.drift_var, dtype=np.float64)
     ll_step = np.asarray(res.log_likelihoods, dtype=np.float64)
-    if isinstance(model, IMMModel):
-        probs = np.asarray(res.regime_probs, dtype=np.float64)
-        names, crisis = list(model.regime_names), model.regime_names[model.crisis_index]
-        p_crisis = probs[:, model.crisis_index]
-    else:
-        probs = np.ones((T, 1))
-        names, crisis = ["Kalman"], None
-        p_crisis = np.zeros(T)
+    # A Kalman model is the one-regime case: probabilities [1.0], no crisis regime.
+    probs = np.asarray(res.regime_probs, dtype=np.float64)
+    p_crisis = np.asarray(res.p_crisis, dtype=np.float64)
+    names = list(model.regime_names)
+    crisis = names[model.crisis_index] if model.crisis_index >= 0 else None
     sigma_base = float(risk.sigma_base)
     amplifier = float(risk.crisis_amplifier)
     running = 0.0

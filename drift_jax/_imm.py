@@ -9,6 +9,12 @@ of 0, or an observation 1e8 away, gives no underflow and no NaN.
 The regimes are unrolled over the static ``M``: the carry holds one array per model, so
 under ``vmap`` every operation is elementwise over the batch and XLA fuses the cycle
 (DESIGN.md, performance principles).
+
+A scalar-state IMM runs the same cycle written for scalars (``_imm_scalar.py``), which
+shares with the general one here the state type (``IMMState``), the missing-data mask,
+the m-feature reduction (``step_observations``) and the mixture (``combine``: both the
+mixing's moments and step 5). ``dj.filter`` scans a cycle and the streaming estimator
+runs one step of the same (``imm_cycle``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -23,11 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _exact_arithmetic as xa, _validate as v
-from ._dynamics import AbstractDynamics, embedded_transition, stacked_transitions
+from ._constraints import CONSTRAINT, PositiveDefinite, Real, Simplex, SimplexRows
+from ._dynamics import AbstractDynamics
 from ._inputs import prepare_dt, prepare_observations
 from ._kalman import initial_moments, predict
+from ._methods import CheckpointAdjoint
+from ._model import AbstractDriftModel, AbstractFilterResult
 from ._observation import Observation, measurement_update
-from ._risk import sigma_effective
+from ._reduction import reduce_features
 from ._types import Array, DtLike, Float, ObsLike, RegimeVector, Scalar, TransitionMatrix
 
 
@@ -142,8 +152,10 @@ def stationary_distribution(transition) -> np.ndarray:
     return np.array([float(x) for x in p], dtype=np.float64)
 
 
-class IMMModel(eqx.Module):
+class IMMModel(AbstractDriftModel):
     """A bank of drift models with Markov regime switching, observed through shared features.
+
+    A ``dj.AbstractDriftModel`` with ``M`` regimes. Final: not meant to be subclassed.
 
     Arguments:
         dynamics: one dynamics per regime (``dj.OU`` / ``dj.OUAccel``, mixed allowed: a
@@ -173,10 +185,10 @@ class IMMModel(eqx.Module):
 
     dynamics: tuple[AbstractDynamics, ...]
     observation: Observation
-    transition: TransitionMatrix
-    init_probs: RegimeVector
-    init_mean: Float[Array, " n"]
-    init_cov: Float[Array, "n n"]
+    transition: TransitionMatrix = eqx.field(metadata={CONSTRAINT: SimplexRows()})
+    init_probs: RegimeVector = eqx.field(metadata={CONSTRAINT: Simplex()})
+    init_mean: Float[Array, " n"] = eqx.field(metadata={CONSTRAINT: Real()})
+    init_cov: Float[Array, "n n"] = eqx.field(metadata={CONSTRAINT: PositiveDefinite()})
     regime_names: tuple[str, ...] = eqx.field(static=True)
     crisis_index: int = eqx.field(static=True)
 
@@ -213,7 +225,7 @@ class IMMModel(eqx.Module):
                 f"`observation` must be a dj.Observation, got {type(observation).__name__}."
             )
         M = len(dynamics)
-        dtype = dynamics[0].theta.dtype
+        dtype = dynamics[0].dtype
         tol = 1e-9 if dtype == jnp.float64 else 1e-5
         Pi = v.as_float_array("transition", transition, dtype)
         if Pi.shape != (M, M):
@@ -250,42 +262,67 @@ class IMMModel(eqx.Module):
             raise ValueError(f"`crisis_regime` must be in [0, {M}), got {crisis_regime}.")
         self.crisis_index = int(crisis_regime)
 
-    @property
-    def num_regimes(self) -> int:
-        return len(self.dynamics)
+    # --- dj.AbstractDriftModel ---------------------------------------------------------------
+
+    kind: ClassVar[str] = "imm"
 
     @property
     def state_dim(self) -> int:
         return max(d.state_dim for d in self.dynamics)
 
     @property
-    def num_features(self) -> int:
-        return self.observation.num_features
+    def regime_dynamics(self) -> tuple[AbstractDynamics, ...]:
+        return self.dynamics
+
+    def transition_matrix(self, dt=None) -> TransitionMatrix:
+        return self.transition
 
     @property
-    def dtype(self):
-        return self.init_mean.dtype
+    def initial_regime_probs(self) -> RegimeVector:
+        return self.init_probs
 
-    def transitions(self, dt) -> tuple[list, list]:
-        """Per-regime ``(F_j, Q_j)`` for one step length, embedded in the common state."""
-        n = self.state_dim
-        pairs = [embedded_transition(d, dt, n) for d in self.dynamics]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+    def initial_prior_fields(self) -> tuple[str, ...]:
+        return ("init_probs", "init_mean", "init_cov")
+
+    def default_adjoint(self) -> CheckpointAdjoint:
+        return CheckpointAdjoint()
+
+    def sequential_filter(self, zs, dt, adjoint) -> IMMResult:
+        return _imm_scan(self, zs, dt, adjoint, True)
+
+    def initial_state(self) -> IMMState:
+        return initial_state(self)
+
+    def cycle(self, state: IMMState, z, dt, observation=None):
+        return imm_cycle(self, state, z, dt, observation)
+
+    def state_moments(self, state: IMMState):
+        M = self.num_regimes
+        lp, ms, cs = _unstack(state, M)
+        return combine([jnp.exp(x) for x in lp], ms, cs)
+
+    def state_regime_probs(self, state: IMMState) -> RegimeVector:
+        return jnp.exp(state.log_probs)
 
 
 class IMMState(eqx.Module):
-    """IMM carry: log mode probabilities and each model's posterior moments."""
+    """The IMM's state after a cycle: log mode probabilities and each model's posterior
+    moments. Both cycles (the general one here, the scalar one of ``_imm_scalar.py``) start
+    from ``initial_state(model)`` and the streaming estimator holds this state whichever
+    cycle it runs."""
 
     log_probs: Float[Array, " M"]
     means: Float[Array, "M n"]
     covs: Float[Array, "M n n"]
 
 
-class IMMResult(eqx.Module):
+class IMMResult(AbstractFilterResult):
     """Per-step outputs of ``dj.filter`` on an ``IMMModel`` (leading axis ``T``).
 
     A result of ``jax.vmap(dj.filter)`` has a leading batch axis on every field; the
-    properties below keep it (``drift`` is then ``[B, T]``).
+    properties keep it (``drift`` is then ``[B, T]``). ``drift``, ``drift_var``,
+    ``p_crisis`` and ``sigma_effective`` are those of every filter result
+    (``dj.AbstractFilterResult``): the mixture's, and the crisis regime's probability.
     """
 
     log_likelihood: Scalar
@@ -299,30 +336,12 @@ class IMMResult(eqx.Module):
     crisis_index: int = eqx.field(static=True)
 
     @property
-    def drift(self) -> Float[Array, "*batch T"]:
-        """Mixture drift ``sum_j w_j mu_j`` (bps/s)."""
-        return self.means[..., 0]
-
-    @property
-    def drift_var(self) -> Float[Array, "*batch T"]:
-        """Mixture variance ``sum_j w_j (P_j + (mu_j - mu)^2)`` of the drift."""
-        return self.covs[..., 0, 0]
-
-    @property
     def model_drifts(self) -> Float[Array, "*batch T M"]:
         return self.model_means[..., 0]
 
     @property
     def model_drift_vars(self) -> Float[Array, "*batch T M"]:
         return self.model_covs[..., 0, 0]
-
-    @property
-    def p_crisis(self) -> Float[Array, "*batch T"]:
-        return self.regime_probs[..., self.crisis_index]
-
-    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Float[Array, "*batch T"]:
-        """``sigma * (1 + crisis_amplifier * P(Crisis))`` per step."""
-        return sigma_effective(sigma, self.p_crisis, crisis_amplifier)
 
 
 def _safe_log(x):
@@ -349,25 +368,30 @@ def mix(log_probs: list, means: list, covs: list, Pi: Array):
         reachable = c > jnp.sqrt(jnp.finfo(c.dtype).tiny)
         safe_c = jnp.where(reachable, c, 1.0)
         mu = [jnp.where(reachable, Pi[i, j] * w[i] / safe_c, float(i == j)) for i in range(M)]
-        mean_j = sum(mu[i] * means[i] for i in range(M))
-        cov_j = sum(
-            mu[i] * (covs[i] + _outer(means[i] - mean_j, means[i] - mean_j)) for i in range(M)
-        )
+        mean_j, cov_j = combine(mu, means, covs)  # the mixture of the regimes, weights mu
         mixed_means.append(mean_j)
         mixed_covs.append(cov_j)
     return log_cbar, mixed_means, mixed_covs
 
 
 def _outer(a, b):
+    """``a b^T``; for scalars (the scalar cycle's moments) the product."""
+    if jnp.ndim(a) == 0:
+        return a * b
     return a[..., :, None] * b[..., None, :]
 
 
-def combine(log_probs: list, means: list, covs: list):
-    """Step 5: the mixture mean and covariance ``sum_j w_j (P_j + d_j d_j^T)``."""
-    w = [jnp.exp(lp) for lp in log_probs]
-    mean = sum(wj * mj for wj, mj in zip(w, means, strict=True))
-    cov = sum(
-        wj * (Pj + _outer(mj - mean, mj - mean)) for wj, mj, Pj in zip(w, means, covs, strict=True)
+def combine(probs: list, means: list, covs: list):
+    """Step 5, the mixture output: ``mean = sum_j w_j mu_j`` and ``cov = sum_j w_j (P_j +
+    d_j d_j^T)``, ``d_j = mu_j - mean``, from the regime probabilities ``w_j``.
+
+    Lists over the M regimes, of ``[n]`` / ``[n, n]`` moments (the general cycle) or scalars
+    (the scalar cycle): one mixture for both.
+    """
+    mean = functools.reduce(jnp.add, [w * m for w, m in zip(probs, means, strict=True)])
+    cov = functools.reduce(
+        jnp.add,
+        [w * (P + _outer(m - mean, m - mean)) for w, m, P in zip(probs, means, covs, strict=True)],
     )
     return mean, cov
 
@@ -404,6 +428,7 @@ def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
 
 
 def _unstack(state: IMMState, M: int) -> tuple:
+    """The general cycle's view of an ``IMMState``: lists over the regimes."""
     return (
         [state.log_probs[j] for j in range(M)],
         [state.means[j] for j in range(M)],
@@ -425,17 +450,46 @@ def initial_state(model: IMMModel) -> IMMState:
     )
 
 
+class StepObservations(NamedTuple):
+    """What each step's update sees, for the whole series (leading axis ``T``).
+
+    With several features and a scalar drift loading, the features are first reduced
+    exactly to one scalar observation per step (``_reduction.py``): ``zs`` is then
+    ``[T, 1]`` with noise ``Rs`` ``[T, 1, 1]`` seen through ``H = [1, 0, ...]``, and
+    ``log_g`` ``[T]`` is the log-likelihood the reduction leaves out (to be added back).
+    """
+
+    zs: Float[Array, "T k"]
+    H: Float[Array, "k n"]
+    R: Float[Array, "k k"] | None  # the noise covariance, when it is the same every step
+    Rs: Float[Array, "T k k"] | None  # else per step
+    update: str
+    log_g: Float[Array, " T"] | None
+
+
+def step_observations(H, R, update: str, zs, reduce: bool) -> StepObservations:
+    """The observations both IMM cycles update with (the filter: all steps; the streaming
+    estimator: one), from features ``zs`` ``[T, m]`` seen through ``H`` ``[m, n]`` (the
+    loadings in column 0), ``R`` ``[m, m]`` and an update mode; ``reduce``: reduce several
+    features to one (exact, ``_reduction.py``)."""
+    if reduce and zs.shape[-1] > 1:
+        ys, rs, log_g = reduce_features(H[:, 0], R, update, zs)
+        H1 = jnp.zeros((1, H.shape[1]), H.dtype).at[0, 0].set(1.0)
+        return StepObservations(ys[:, None], H1, None, rs[:, None, None], "joint", log_g)
+    return StepObservations(zs, H, R, None, update, None)
+
+
 def imm_filter(
     model: IMMModel,
     zs: ObsLike,
     dt: DtLike,
     *,
-    checkpoint: bool = True,
-    unroll: int = 1,
+    adjoint=None,
     scalar_path: bool = True,
 ) -> IMMResult:
-    """Sequential IMM filter over ``zs``; see ``dj.filter``.
+    """Sequential IMM filter over ``zs``; see ``dj.filter`` (``dj.Sequential(adjoint)``).
 
+    ``adjoint``: ``None`` is the model's default (``dj.CheckpointAdjoint()``).
     ``scalar_path=False`` forces the general cycle on the m features (tests compare the
     two); by default a scalar-state IMM runs the scalar cycle, and several features are
     reduced exactly to one observation per step (``_reduction.py``) for any state size.
@@ -443,42 +497,38 @@ def imm_filter(
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
+    adjoint = model.default_adjoint() if adjoint is None else adjoint
+    return _imm_scan(model, zs, dt, adjoint, scalar_path)
+
+
+# Compiled once per model structure, adjoint and shapes (as the Kalman filter's scan).
+@eqx.filter_jit
+def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool) -> IMMResult:
     M, n = model.num_regimes, model.state_dim
     if n == 1 and scalar_path:
         # The same cycle written for scalars: ~2x faster batched, ~3x in reverse mode.
         from ._imm_scalar import scalar_imm_filter
 
-        return scalar_imm_filter(model, zs, dt, checkpoint, unroll)
-    Pi = model.transition
-    log_g = None
-    if scalar_path and model.num_features > 1:
-        # Several features of mu: one exact scalar observation per step, noise r_t, seen
-        # through H = [1, 0] (_reduction.py); the m x m update becomes a 1 x 1 one.
-        from ._reduction import reduce_to_scalar
-
-        ys, rs, log_g = reduce_to_scalar(model.observation, zs)
-        zs, Rs = ys[:, None], rs[:, None, None]
-        H = jnp.zeros((1, n), dtype).at[0, 0].set(1.0)
-        update = "joint"
+        return scalar_imm_filter(model, zs, dt, adjoint)
+    H, R = model.observation.matrices(n, model.dtype)
+    obs = step_observations(H, R, model.observation.update, zs, reduce=scalar_path)
+    update = obs.update
+    # Every array a step reads that is not per step is an explicit parameter (a
+    # hand-written adjoint differentiates only its explicit inputs); the rest is per step.
+    params, xs = {"Pi": model.transition, "H": obs.H}, {"z": obs.zs}
+    if obs.R is None:
+        xs["R"] = obs.Rs
     else:
-        H, R = model.observation.matrices(n, dtype)
-        Rs = None
-        update = model.observation.update
-    if dt.ndim == 0:
-        Fs, Qs = model.transitions(dt)
-        xs = (zs, Rs)
-        unpack = lambda x: (Fs, Qs, *x)
-    else:
-        stacked = [stacked_transitions(d, dt, n) for d in model.dynamics]
-        xs = ([s[0] for s in stacked], [s[1] for s in stacked], zs, Rs)
-        unpack = lambda x: x
+        params["R"] = obs.R
+    Fs, Qs = model.transitions(dt) if dt.ndim == 0 else model.stacked_transitions(dt)
+    (params if dt.ndim == 0 else xs).update(F=Fs, Q=Qs)
 
-    def step(carry, x):
-        F, Q, z, R_t = unpack(x)
-        R_step = R if R_t is None else R_t
-        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H, R_step, Pi, update)
+    def step(p, carry, x):
+        e = {**p, **x}
+        F, Q, z, H_, R_ = e["F"], e["Q"], e["z"], e["H"], e["R"]
+        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H_, R_, e["Pi"], update)
         log_probs, means, covs = carry
-        mean, cov = combine(log_probs, means, covs)
+        mean, cov = combine([jnp.exp(lp) for lp in log_probs], means, covs)
         probs = jnp.exp(jnp.stack(log_probs))
         outs = (
             ll,
@@ -491,13 +541,41 @@ def imm_filter(
         )
         return carry, outs
 
-    if checkpoint:
-        step = jax.checkpoint(step, prevent_cse=False)
     init = _unstack(initial_state(model), M)
-    _, outs = jax.lax.scan(step, init, xs, unroll=unroll)
+    _, outs = adjoint.scan(step, params, init, xs)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
-    if log_g is not None:
-        lls = lls + log_g
+    if obs.log_g is not None:
+        lls = lls + obs.log_g
     return IMMResult(
         jnp.sum(lls), lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index
     )
+
+
+def imm_cycle(model: IMMModel, state: IMMState, z, dt, observation=None):
+    """One step of ``dj.filter``'s own cycle (the streaming estimator's update).
+
+    The scalar cycle for a scalar state, the general one otherwise, with several features
+    reduced to one exactly as the filter does. Returns ``(new state, log p(z | past))``.
+    """
+    n, M, Pi = model.state_dim, model.num_regimes, model.transition
+    if observation is None:
+        H, R = model.observation.matrices(n, model.dtype)
+        update = model.observation.update
+    else:
+        H, R, update = observation
+    obs = step_observations(H, R, update, z[None], reduce=True)
+    z1, R1 = obs.zs[0], obs.R if obs.R is not None else obs.Rs[0]
+    Fs, Qs = model.transitions(dt)
+    if n == 1:
+        from ._imm_scalar import from_scalar, scalar_cycle, to_scalar
+
+        probs, means, variances = to_scalar(state)
+        a, q = [F[0, 0] for F in Fs], [Q[0, 0] for Q in Qs]
+        (_, means, variances), (ll, _), log_probs = scalar_cycle(
+            probs, means, variances, a, q, z1[0], obs.H[0, 0], R1[0, 0], Pi, log_weights=True
+        )
+        state = from_scalar(log_probs, means, variances)
+    else:
+        carry, (ll, _) = imm_step(_unstack(state, M), Fs, Qs, z1, obs.H, R1, Pi, obs.update)
+        state = _stack(carry)
+    return state, ll if obs.log_g is None else ll + obs.log_g[0]

@@ -24,6 +24,11 @@ what changes is how it is written for XLA, which dominates the batched throughpu
   values or gradients;
 - the mixing divides once per regime (``1 / cbar_j``), and the posterior variance uses the
   Joseph form written for scalars.
+
+What it shares with the general cycle: the state type (``IMMState``: the filter starts
+from ``initial_state(model)`` and the streaming estimator holds an ``IMMState``, seen here
+through ``to_scalar`` / ``from_scalar``), the missing-data mask (``mask_missing``), the
+m-feature reduction (``step_observations``) and the mixture output (``combine``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._dynamics import stacked_transitions
+from ._imm import IMMResult, IMMState, combine, initial_state, step_observations
+from ._observation import mask_missing
 from ._types import Array
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -43,7 +49,28 @@ _TINY = {4: 1.1754943508222875e-38, 8: 2.2250738585072014e-308}
 _TINY_SQRT = {k: math.sqrt(v) for k, v in _TINY.items()}
 
 
-def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z, h, r, Pi):
+def to_scalar(state: IMMState) -> tuple[list, list, list]:
+    """The scalar cycle's view of an ``IMMState``: per regime the probability ``w_j``, the
+    drift mean and its variance (scalars)."""
+    M = state.log_probs.shape[0]
+    return (
+        [jnp.exp(state.log_probs[j]) for j in range(M)],
+        [state.means[j, 0] for j in range(M)],
+        [state.covs[j, 0, 0] for j in range(M)],
+    )
+
+
+def from_scalar(log_probs: list, means: list, variances: list) -> IMMState:
+    """An ``IMMState`` from the scalar cycle's per-regime log-probabilities and moments."""
+    M = len(means)
+    return IMMState(
+        jnp.stack(log_probs), jnp.stack(means).reshape(M, 1), jnp.stack(variances).reshape(M, 1, 1)
+    )
+
+
+def scalar_cycle(
+    probs: list, means: list, variances: list, a: list, q: list, z, h, r, Pi, *, log_weights=False
+):
     """One IMM cycle for scalar members and one feature; lists run over the M regimes.
 
     Arguments:
@@ -53,12 +80,18 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
         z: the observation (NaN: nothing observed, a pure prediction adding 0).
         h, r: loading and noise variance of the feature.
         Pi: the transition matrix ``[M, M]``.
+        log_weights: also return the new log-probabilities, kept finite (ordered by fit)
+            where a probability underflows to 0, as the general cycle's are (the streaming
+            estimator's state; the filter does not need them and skips their logs).
 
     Returns:
-        ``(probs, means, variances)`` after the update, and ``(log p(z | past), cbar)``.
+        ``(probs, means, variances)`` after the update, ``(log p(z | past), cbar)`` and,
+        with ``log_weights``, the list of new log-probabilities.
     """
     M = len(probs)
-    seen = ~jnp.isnan(z)
+    # A missing observation: zero loading and unit noise, so zero gain, innovation 0 and
+    # S = 1 (the likelihood's factors are then 1): a pure prediction.
+    seen, z, h, r = (x.reshape(()) for x in mask_missing(z[None], h[None, None], r[None, None]))
     new_means, new_vars, prefactor, quad, cbar = [], [], [], [], []
     for j in range(M):
         # (1) mixing: cbar_j = sum_i Pi_ij w_i; mu_{i|j} = Pi_ij w_i / cbar_j.
@@ -71,22 +104,19 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
         inv_c = 1.0 / jnp.where(reachable, c, 1.0)
         # An unreachable regime (cbar_j = 0) keeps its own state.
         mu = [jnp.where(reachable, x[i] * inv_c, float(i == j)) for i in range(M)]
-        mean = functools.reduce(jnp.add, [mu[i] * means[i] for i in range(M)])
-        var = functools.reduce(
-            jnp.add, [mu[i] * (variances[i] + (means[i] - mean) ** 2) for i in range(M)]
-        )
+        mean, var = combine(mu, means, variances)
         # (2) predict.
         pm = a[j] * mean
         pv = a[j] * var * a[j] + q[j]
         # (3) Kalman update (Joseph form) and the Gaussian likelihood's factors.
         ph = pv * h
         inv_s = 1.0 / (h * ph + r)
-        innov = jnp.where(seen, z - h * pm, 0.0)
-        gain = jnp.where(seen, ph * inv_s, 0.0)
+        innov = z - h * pm
+        gain = ph * inv_s
         ikh = 1.0 - gain * h
         new_means.append(pm + gain * innov)
         new_vars.append(ikh * pv * ikh + gain * r * gain)
-        prefactor.append(jnp.where(seen, c * jnp.sqrt(inv_s), c))
+        prefactor.append(c * jnp.sqrt(inv_s))
         # A regime too unlikely to mix from (below sqrt(smallest normal)) still gets its
         # likelihood, as in the general cycle's log space: a sharp move can revive it. Only
         # below the smallest normal (its term could underflow to 0) does it drop out.
@@ -108,52 +138,49 @@ def scalar_cycle(probs: list, means: list, variances: list, a: list, q: list, z,
         w + jax.lax.stop_gradient(jnp.where(t == total, 1.0 - w, 0.0))
         for w, t in zip(new_probs, terms, strict=True)
     ]
-    return (new_probs, new_means, new_vars), (step_ll, cbar)
+    out = (new_probs, new_means, new_vars), (step_ll, cbar)
+    if not log_weights:
+        return out
+    # log w_j = log(prefactor_j) + g_j - g* - log(total): finite where w_j underflows.
+    log_total = jnp.log(total)
+    log_probs = [
+        jnp.where(w > 0, jnp.log(w), jnp.log(p) + g - top - log_total)
+        for w, p, g in zip(new_probs, prefactor, quad, strict=True)
+    ]
+    return (*out, log_probs)
 
 
-def scalar_imm_filter(model, zs: Array, dt: Array, checkpoint: bool, unroll: int):
+def scalar_imm_filter(model, zs: Array, dt: Array, adjoint) -> IMMResult:
     """``imm_filter`` for ``state_dim == 1``; ``zs`` ``[T, m]``, ``dt`` checked by the caller.
 
     With ``m > 1`` features the observations are first reduced, exactly, to one scalar
     observation per step with its own noise variance (``_reduction.py``); the filter's
     log-likelihood then adds back the reduction's ``log g_t``.
     """
-    from ._imm import IMMResult
-
     M = model.num_regimes
-    Pi = model.transition
-    if model.num_features == 1:
-        H, R = model.observation.matrices(1, model.dtype)
-        h, ys, rs, log_g = H[0, 0], zs[:, 0], R[0, 0], None
+    H, R = model.observation.matrices(1, model.dtype)
+    obs = step_observations(H, R, model.observation.update, zs, reduce=True)
+    # Every array a step reads that is not per step is an explicit parameter (a
+    # hand-written adjoint differentiates only its explicit inputs); the rest is per step.
+    params, xs = {"Pi": model.transition, "h": obs.H[0, 0]}, {"z": obs.zs[:, 0]}
+    if obs.R is None:
+        xs["r"] = obs.Rs[:, 0, 0]
     else:
-        from ._reduction import reduce_to_scalar
-
-        ys, rs, log_g = reduce_to_scalar(model.observation, zs)
-        h = jnp.ones((), model.dtype)
-    per_step_r = jnp.ndim(rs) == 1
+        params["r"] = obs.R[0, 0]
     if dt.ndim == 0:
         Fs, Qs = model.transitions(dt)
-        a, q = [F[0, 0] for F in Fs], [Q[0, 0] for Q in Qs]
-        xs = (ys, rs) if per_step_r else ys
-        unpack = (lambda x: (a, q, *x)) if per_step_r else (lambda x: (a, q, x, rs))
+        params.update(a=[F[0, 0] for F in Fs], q=[Q[0, 0] for Q in Qs])
     else:
-        stacked = [stacked_transitions(d, dt, 1) for d in model.dynamics]
-        F_t = [F[:, 0, 0] for F, _ in stacked]
-        Q_t = [Q[:, 0, 0] for _, Q in stacked]
-        xs = (F_t, Q_t, ys, rs) if per_step_r else (F_t, Q_t, ys)
-        unpack = (lambda x: x) if per_step_r else (lambda x: (*x, rs))
+        Fs, Qs = model.stacked_transitions(dt)
+        xs.update(a=[F[:, 0, 0] for F in Fs], q=[Q[:, 0, 0] for Q in Qs])
 
-    def step(carry, x):
-        a, q, z, r = unpack(x)
+    def step(p, carry, x):
+        e = {**p, **x}
         state, total = carry
-        state, (ll, cbar) = scalar_cycle(*state, a, q, z, h, r, Pi)
+        state, (ll, cbar) = scalar_cycle(*state, e["a"], e["q"], e["z"], e["h"], e["r"], e["Pi"])
         w, means, variances = state
         # (5) the mixture output.
-        mean = functools.reduce(jnp.add, [wj * mj for wj, mj in zip(w, means, strict=True)])
-        var = functools.reduce(
-            jnp.add,
-            [wj * (vj + (mj - mean) ** 2) for wj, mj, vj in zip(w, means, variances, strict=True)],
-        )
+        mean, var = combine(w, means, variances)
         outs = (
             ll,
             jnp.stack(w),
@@ -165,19 +192,17 @@ def scalar_imm_filter(model, zs: Array, dt: Array, checkpoint: bool, unroll: int
         )
         return (state, _kahan_add(total, ll)), outs
 
-    if checkpoint:
-        step = jax.checkpoint(step, prevent_cse=False)
-    init = (
-        [model.init_probs[j] for j in range(M)],
-        [model.init_mean[0]] * M,
-        [model.init_cov[0, 0]] * M,
-    )
     zero = jnp.zeros((), model.dtype)
-    (_, (total, _)), outs = jax.lax.scan(step, (init, (zero, zero)), xs, unroll=unroll)
+    _, means0, variances0 = to_scalar(initial_state(model))
+    # The prior's probabilities themselves, not exp(log p) of the state: exact, and a zero
+    # probability keeps its own derivative.
+    probs0 = [model.init_probs[j] for j in range(M)]
+    init = ((probs0, means0, variances0), (zero, zero))
+    (_, (total, _)), outs = adjoint.scan(step, params, init, xs)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
-    if log_g is not None:
-        lls = lls + log_g
-        total = total + jnp.sum(log_g)
+    if obs.log_g is not None:
+        lls = lls + obs.log_g
+        total = total + jnp.sum(obs.log_g)
     return IMMResult(total, lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index)
 
 

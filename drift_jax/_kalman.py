@@ -6,16 +6,19 @@ Cycle order from the initial prior at t = 0: predict with ``dt_t``, then update 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from . import _linalg as la, _validate as v
-from ._adjoint import scan_with_adjoint
+from ._constraints import CONSTRAINT, PositiveDefinite, Real
 from ._dynamics import AbstractDynamics, stacked_transitions
-from ._inputs import prepare_dt, prepare_observations
-from ._observation import Observation, measurement_update
-from ._types import Array, DtLike, Float, ObsLike, Scalar, StateMatrix, StateVector
+from ._methods import FusedAdjoint
+from ._model import AbstractDriftModel, AbstractFilterResult
+from ._observation import Observation, mask_missing, measurement_update
+from ._types import Array, Float, Scalar, StateMatrix, StateVector
 
 
 def initial_moments(init_mean, init_cov, n: int, dtype) -> tuple[StateVector, StateMatrix]:
@@ -42,8 +45,12 @@ def initial_moments(init_mean, init_cov, n: int, dtype) -> tuple[StateVector, St
     return mean, cov
 
 
-class KalmanModel(eqx.Module):
+class KalmanModel(AbstractDriftModel):
     """One drift model observed through features: dynamics, observation, initial prior.
+
+    The one-regime ``dj.AbstractDriftModel``: ``regime_names == ("Kalman",)``, regime
+    probabilities ``[1.0]``, no crisis regime (``crisis_index == -1``: ``P(Crisis) = 0``).
+    Final: not meant to be subclassed.
 
     Arguments:
         dynamics: ``dj.OU`` (state ``[mu]``) or ``dj.OUAccel`` (state ``[mu, mu_dot]``).
@@ -61,8 +68,8 @@ class KalmanModel(eqx.Module):
 
     dynamics: AbstractDynamics
     observation: Observation
-    init_mean: StateVector
-    init_cov: StateMatrix
+    init_mean: StateVector = eqx.field(metadata={CONSTRAINT: Real()})
+    init_cov: StateMatrix = eqx.field(metadata={CONSTRAINT: PositiveDefinite()})
 
     def __init__(self, dynamics, observation, init_mean=0.0, init_cov=1.0):
         if not isinstance(dynamics, AbstractDynamics):
@@ -76,20 +83,65 @@ class KalmanModel(eqx.Module):
         self.dynamics = dynamics
         self.observation = observation
         self.init_mean, self.init_cov = initial_moments(
-            init_mean, init_cov, dynamics.state_dim, dynamics.theta.dtype
+            init_mean, init_cov, dynamics.state_dim, dynamics.dtype
         )
+
+    # --- dj.AbstractDriftModel ---------------------------------------------------------------
+
+    kind: ClassVar[str] = "kalman"
+    supports_associative_scan: ClassVar[bool] = True
+
+    @property
+    def regime_names(self) -> tuple[str, ...]:
+        return ("Kalman",)
+
+    @property
+    def crisis_index(self) -> int:
+        return -1  # a single model is not a crisis regime
 
     @property
     def state_dim(self) -> int:
         return self.dynamics.state_dim
 
     @property
-    def num_features(self) -> int:
-        return self.observation.num_features
+    def regime_dynamics(self) -> tuple[AbstractDynamics, ...]:
+        return (self.dynamics,)
+
+    def transition_matrix(self, dt=None) -> Float[Array, "1 1"]:
+        return jnp.ones((1, 1), self.dtype)
 
     @property
-    def dtype(self):
-        return self.init_mean.dtype
+    def initial_regime_probs(self) -> Float[Array, " 1"]:
+        return jnp.ones((1,), self.dtype)
+
+    def default_adjoint(self) -> FusedAdjoint:
+        # The backward loop is one fused kernel per step: ~2x the forward instead of ~40x.
+        return FusedAdjoint()
+
+    def sequential_filter(self, zs, dt, adjoint) -> KalmanResult:
+        return _sequential_scan(self, zs, dt, adjoint)
+
+    def associative_filter(self, zs, dt) -> KalmanResult:
+        return _parallel_scan(self, zs, dt)
+
+    def initial_state(self) -> KalmanState:
+        return KalmanState(self.init_mean, self.init_cov)
+
+    def cycle(self, state: KalmanState, z, dt, observation=None):
+        if observation is None:
+            H, R = self.observation.matrices(self.state_dim, self.dtype)
+            update = self.observation.update
+        else:
+            H, R, update = observation
+        F, Q = self.dynamics.transition(dt)
+        state, (ll, *_) = kalman_step(state, F, Q, z, H, R, update)
+        return state, ll
+
+    def state_moments(self, state: KalmanState):
+        return state.mean, state.cov
+
+    def state_regime_probs(self, state: KalmanState) -> Float[Array, " 1"]:
+        return jnp.ones((1,), state.mean.dtype)
 
 
 class KalmanState(eqx.Module):
@@ -99,11 +151,13 @@ class KalmanState(eqx.Module):
     cov: StateMatrix
 
 
-class KalmanResult(eqx.Module):
+class KalmanResult(AbstractFilterResult):
     """Per-step outputs of ``dj.filter`` on a ``KalmanModel`` (leading axis ``T``).
 
     A result of ``jax.vmap(dj.filter)`` has a leading batch axis on every field; the
-    properties below keep it (``drift`` is then ``[B, T]``).
+    properties keep it (``drift`` is then ``[B, T]``). The interface of every filter result
+    (``dj.AbstractFilterResult``) with one regime: ``regime_probs`` is ``[T, 1]`` of ones,
+    ``crisis_index`` is -1, ``p_crisis`` is 0 and ``sigma_effective(sigma)`` is ``sigma``.
     """
 
     log_likelihood: Scalar
@@ -115,19 +169,18 @@ class KalmanResult(eqx.Module):
     innovations: Float[Array, "T m"]
 
     @property
-    def drift(self) -> Float[Array, "*batch T"]:
-        """Filtered drift ``E[mu_t | z_<=t]`` (bps/s)."""
-        return self.means[..., 0]
-
-    @property
-    def drift_var(self) -> Float[Array, "*batch T"]:
-        """Filtered drift variance ``Var[mu_t | z_<=t]``."""
-        return self.covs[..., 0, 0]
-
-    @property
     def regime_probs(self) -> Float[Array, "*batch T 1"]:
-        """A single model is one regime with probability 1 (for a uniform interface)."""
+        """A single model is one regime with probability 1."""
         return jnp.ones_like(self.means[..., :1])
+
+    @property
+    def predicted_regime_probs(self) -> Float[Array, "*batch T 1"]:
+        """The regime probabilities before each update: 1."""
+        return self.regime_probs
+
+    @property
+    def crisis_index(self) -> int:
+        return -1
 
 
 def predict(mean: StateVector, cov: StateMatrix, F: StateMatrix, Q: StateMatrix):
@@ -147,58 +200,27 @@ def kalman_step(state: KalmanState, F, Q, z, H, R, update: str):
     return KalmanState(mean, cov), (ll, pm, pP, innovation)
 
 
-def _scan_inputs(model: KalmanModel, zs, dt):
-    n = model.state_dim
-    if dt.ndim == 0:
-        F, Q = model.dynamics.transition(dt)
-        return (lambda x: (F, Q, x)), zs
-    Fs, Qs = stacked_transitions(model.dynamics, dt, n)
-    return (lambda x: x), (Fs, Qs, zs)
-
-
-def kalman_filter(
-    model: KalmanModel,
-    zs: ObsLike,
-    dt: DtLike,
-    *,
-    checkpoint: bool = True,
-    unroll: int = 1,
-) -> KalmanResult:
-    """Sequential Kalman filter over ``zs`` (``lax.scan``); see ``dj.filter``."""
-    dtype = model.dtype
-    zs = prepare_observations(zs, model.num_features, dtype)
-    dt = prepare_dt(dt, zs.shape[0], dtype)
-    return _sequential_scan(model, zs, dt, checkpoint, unroll)
-
-
-# Compiled once per model structure and shapes: called eagerly, a scan over a fresh
+# Compiled once per model structure, method and shapes: called eagerly, a scan over a fresh
 # closure would recompile on every call (~1 s each), not just on the first.
 @eqx.filter_jit
-def _sequential_scan(model: KalmanModel, zs, dt, checkpoint: bool, unroll: int) -> KalmanResult:
+def _sequential_scan(model: KalmanModel, zs, dt, adjoint) -> KalmanResult:
+    """The sequential filter (``dj.Sequential(adjoint)``) on checked inputs."""
     H, R = model.observation.matrices(model.state_dim, model.dtype)
-    unpack, xs = _scan_inputs(model, zs, dt)
     update = model.observation.update
+    # Everything a step reads that is not per step is an explicit parameter: a hand-written
+    # adjoint (dj.FusedAdjoint) differentiates only its explicit inputs.
+    if dt.ndim == 0:
+        params, xs = (H, R, *model.dynamics.transition(dt)), zs
+    else:
+        params, xs = (H, R), (*stacked_transitions(model.dynamics, dt, model.state_dim), zs)
 
-    def step(state, x):
-        F, Q, z = unpack(x)
-        state, (ll, pm, pP, innov) = kalman_step(state, F, Q, z, H, R, update)
+    def step(p, state, x):
+        H_, R_ = p[0], p[1]
+        F, Q, z = (p[2], p[3], x) if dt.ndim == 0 else x
+        state, (ll, pm, pP, innov) = kalman_step(state, F, Q, z, H_, R_, update)
         return state, (ll, state.mean, state.cov, pm, pP, innov)
 
-    init = KalmanState(model.init_mean, model.init_cov)
-    if checkpoint:
-        # Reverse mode stores only the carry per step, and its backward loop is one fused
-        # kernel per step (_adjoint.py): ~2x the forward instead of ~40x.
-        params = (H, R, *([] if dt.ndim else unpack(None)[:2]))
-
-        def param_step(p, state, x):
-            H_, R_ = p[0], p[1]
-            F, Q, z = (p[2], p[3], x) if dt.ndim == 0 else x
-            state, (ll, pm, pP, innov) = kalman_step(state, F, Q, z, H_, R_, update)
-            return state, (ll, state.mean, state.cov, pm, pP, innov)
-
-        _, outs = scan_with_adjoint(param_step, params, init, xs)
-    else:
-        _, outs = jax.lax.scan(step, init, xs, unroll=unroll)
+    _, outs = adjoint.scan(step, params, model.initial_state(), xs)
     lls, means, covs, pms, pPs, innovs = outs
     return KalmanResult(jnp.sum(lls), lls, means, covs, pms, pPs, innovs)
 
@@ -206,22 +228,11 @@ def _sequential_scan(model: KalmanModel, zs, dt, checkpoint: bool, unroll: int) 
 # --- Parallel-in-time filter (Särkkä & García-Fernández 2021, IEEE TAC 66(1)) -------------
 
 
-def _masked(z, H, R):
-    observed = ~jnp.isnan(z)
-    m = z.shape[-1]
-    Hm = jnp.where(observed[..., :, None], H, 0.0)
-    zm = jnp.where(observed, z, 0.0)
-    both = observed[..., :, None] & observed[..., None, :]
-    eye = jnp.eye(m, dtype=R.dtype)
-    Rm = jnp.where(both, R, eye * jnp.where(observed, 0.0, 1.0)[..., None, :])
-    return zm, Hm, Rm
-
-
 def _generic_element(F, Q, z, H, R):
     # Small algebra written out (_linalg.py): batched LAPACK solves of 1x1/2x2 matrices are
     # slow on CPU, and with ~5e5 or more elements XLA:CPU (jax 0.10.2) hung in them.
     n = F.shape[-1]
-    zm, Hm, Rm = _masked(z, H, R)
+    _, zm, Hm, Rm = mask_missing(z, H, R)
     S = la.mm(la.mm(Hm, Q), la.transpose(Hm)) + Rm
     HtSinv = la.transpose(la.cho_solve(la.cholesky(S), Hm))  # H^T S^{-1}  [n, m]
     K = la.mm(Q, HtSinv)
@@ -236,9 +247,10 @@ def _generic_element(F, Q, z, H, R):
 
 def _first_element(F, Q, z, H, R, m0, P0):
     n = F.shape[-1]
-    zm, Hm, Rm = _masked(z, H, R)
-    m1 = la.mv(F, m0)
-    P1 = la.mm(la.mm(F, P0), la.transpose(F)) + Q
+    _, zm, Hm, Rm = mask_missing(z, H, R)
+    # The sequential filter's own prediction (symmetrised): the same derivative in
+    # `init_cov` too, not only along symmetric directions.
+    m1, P1 = predict(m0, P0, F, Q)
     HP = la.mm(Hm, P1)
     S = la.mm(HP, la.transpose(Hm)) + Rm
     K = la.transpose(la.cho_solve(la.cholesky(S), HP))
@@ -264,23 +276,15 @@ def _combine(ei, ej):
     return A, b, C, eta, J
 
 
-def kalman_filter_parallel(model: KalmanModel, zs: ObsLike, dt: DtLike) -> KalmanResult:
-    """Parallel-in-time Kalman filter (associative scan, O(log T) depth); see ``dj.filter``.
-
-    ``update="independent"`` equals one joint update with ``diag(R)`` (sequential scalar
-    updates with uncorrelated noise are the joint update), so that is what is scanned.
-    """
-    dtype = model.dtype
-    zs = prepare_observations(zs, model.num_features, dtype)
-    T = zs.shape[0]
-    dt = prepare_dt(dt, T, dtype)
-    return _parallel_scan(model, zs, dt)
-
-
 # Compiled as a whole: op-by-op, the associative scan dispatches (and compiles) hundreds
 # of small operations, ~20 s for the first call.
 @eqx.filter_jit
 def _parallel_scan(model: KalmanModel, zs, dt) -> KalmanResult:
+    """The parallel-in-time filter (``dj.Associative()``) on checked inputs.
+
+    ``update="independent"`` equals one joint update with ``diag(R)`` (sequential scalar
+    updates with uncorrelated noise are the joint update), so that is what is scanned.
+    """
     dtype = model.dtype
     T = zs.shape[0]
     n = model.state_dim

@@ -27,6 +27,8 @@ import numpy as np
 
 from . import _validate as v
 from ._inputs import check_no_inf, prepare_dt, prepare_observations
+from ._methods import SEQUENTIAL, AbstractFilterMethod, resolve_method
+from ._model import check_model
 from ._types import Array, DtLike, Float, ObsLike, Scalar
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -34,24 +36,13 @@ _LOG_2PI = math.log(2.0 * math.pi)
 LogPrior = Callable[..., Scalar]
 
 
-def _models():
-    from ._imm import IMMModel
-    from ._kalman import KalmanModel
-    from ._risk import RiskModel
-
-    return KalmanModel, IMMModel, RiskModel
-
-
 def _check_model(model):
-    KalmanModel, IMMModel, _ = _models()
-    if not isinstance(model, (KalmanModel, IMMModel)):
-        raise ValueError(
-            f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
-        )
+    check_model(model)
 
 
 def _check_risk(risk):
-    _, _, RiskModel = _models()
+    from ._risk import RiskModel
+
     if not isinstance(risk, RiskModel):
         raise ValueError(
             f"`risk` must be a dj.RiskModel (sigma_base, crisis_amplifier) to score returns, "
@@ -70,27 +61,19 @@ def prepare_returns(returns, num_steps: int, dtype) -> Float[Array, " T"]:
     return check_no_inf("returns", arr)
 
 
-def run_filter(model, zs, dt):
-    """The sequential filter on inputs already checked and shaped (inside the losses)."""
-    from ._filter import _compiled_filter
+def run_filter(model, zs, dt, method: AbstractFilterMethod):
+    """The filter on inputs already checked and shaped, with a method resolved for the
+    model (inside the losses)."""
+    from ._filter import run_filter as run
 
-    return _compiled_filter(model, zs, dt, "sequential", True)
-
-
-def crisis_probability(result) -> Float[Array, " T"]:
-    """``P_t(Crisis)`` of a filter result; 0 for a single model (no regimes)."""
-    from ._imm import IMMResult
-
-    if isinstance(result, IMMResult):
-        return result.p_crisis
-    return jnp.zeros_like(result.drift)
+    return run(model, zs, dt, method)
 
 
 def predictive_return_nll(result, risk, dt, returns) -> Scalar:
     """Return NLL from a filter ``result`` (no look-ahead); see the module docstring.
 
     Arguments:
-        result: ``dj.filter``'s output (``drift`` and, for an IMM, ``p_crisis``).
+        result: ``dj.filter``'s output (its ``drift`` and ``p_crisis``).
         risk: a ``dj.RiskModel``.
         dt: step lengths, a scalar or ``[T]``.
         returns: realised returns ``[T]`` (bps), ``returns[k]`` over step ``k``.
@@ -101,7 +84,7 @@ def predictive_return_nll(result, risk, dt, returns) -> Scalar:
     drift = result.drift
     T = drift.shape[-1]
     dt = jnp.broadcast_to(jnp.asarray(dt, drift.dtype), (T,))
-    sigma = risk.sigma_base * (1.0 + risk.crisis_amplifier * crisis_probability(result))
+    sigma = risk.sigma_base * (1.0 + risk.crisis_amplifier * result.p_crisis)
     nxt, dt_next = returns[1:], dt[1:]
     mean = drift[:-1] * dt_next
     var = sigma[:-1] ** 2 * dt_next
@@ -112,13 +95,17 @@ def predictive_return_nll(result, risk, dt, returns) -> Scalar:
     return jnp.sum(jnp.where(seen, nll, 0.0))
 
 
-def feature_nll(model, zs: ObsLike, dt: DtLike) -> Scalar:
+def feature_nll(
+    model, zs: ObsLike, dt: DtLike, *, method: AbstractFilterMethod | str = SEQUENTIAL
+) -> Scalar:
     """Minus the filter's log-likelihood of the features, ``-sum_t log p(z_t | z_<t)``.
 
     Arguments:
         model: a ``dj.KalmanModel`` or ``dj.IMMModel``.
         zs: features ``[T]`` or ``[T, m]`` (NaN = missing).
         dt: step lengths in seconds, a scalar or ``[T]``.
+        method: how the filter runs and is differentiated, as for ``dj.filter`` (default
+            ``dj.Sequential()``, the model's default adjoint).
 
     Returns:
         The negative log-likelihood (a sum over steps, not a mean).
@@ -131,12 +118,21 @@ def feature_nll(model, zs: ObsLike, dt: DtLike) -> Scalar:
         True
     """
     _check_model(model)
+    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
-    return -run_filter(model, zs, dt).log_likelihood
+    return -run_filter(model, zs, dt, method).log_likelihood
 
 
-def return_nll(model, risk, zs: ObsLike, dt: DtLike, returns) -> Scalar:
+def return_nll(
+    model,
+    risk,
+    zs: ObsLike,
+    dt: DtLike,
+    returns,
+    *,
+    method: AbstractFilterMethod | str = SEQUENTIAL,
+) -> Scalar:
     """Predictive NLL of the next interval's return given the features so far.
 
     ``returns[k + 1] ~ N(mu_hat_k dt[k + 1], sigma_eff_k^2 dt[k + 1])`` with the filter's
@@ -149,6 +145,7 @@ def return_nll(model, risk, zs: ObsLike, dt: DtLike, returns) -> Scalar:
         zs: features ``[T]`` or ``[T, m]``.
         dt: step lengths (s), a scalar or ``[T]``.
         returns: ``[T]``, ``returns[k]`` the realised return (bps) over ``(t_{k-1}, t_k]``.
+        method: as for ``dj.filter`` (default ``dj.Sequential()``).
 
     Returns:
         The negative log-likelihood (a sum over the scored intervals).
@@ -163,10 +160,11 @@ def return_nll(model, risk, zs: ObsLike, dt: DtLike, returns) -> Scalar:
     """
     _check_model(model)
     _check_risk(risk)
+    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     returns = prepare_returns(returns, zs.shape[0], model.dtype)
-    return predictive_return_nll(run_filter(model, zs, dt), risk, dt, returns)
+    return predictive_return_nll(run_filter(model, zs, dt, method), risk, dt, returns)
 
 
 def fit_loss(
@@ -179,6 +177,7 @@ def fit_loss(
     feature_weight=1.0,
     return_weight=1.0,
     prior=None,
+    method: AbstractFilterMethod | str = SEQUENTIAL,
 ) -> Scalar:
     """The loss ``dj.fit`` minimises, per time step.
 
@@ -193,6 +192,8 @@ def fit_loss(
         risk: a ``dj.RiskModel`` (required with ``returns``).
         feature_weight, return_weight: weights ``>= 0`` of the two NLL terms.
         prior: ``None`` or a callable ``(model, risk) -> log prior density``.
+        method: how the filter runs and is differentiated, as for ``dj.filter`` (default
+            ``dj.Sequential()``).
 
     Returns:
         The scalar loss.
@@ -205,6 +206,7 @@ def fit_loss(
         True
     """
     _check_model(model)
+    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     if returns is not None:
@@ -214,7 +216,7 @@ def fit_loss(
         _check_risk(risk)
     weights = check_weights(feature_weight, return_weight, model.dtype)
     check_prior(prior)
-    return objective(model, risk, zs, dt, returns, weights, prior)
+    return objective(model, risk, zs, dt, returns, weights, prior, method)
 
 
 def check_weights(feature_weight, return_weight, dtype) -> Float[Array, "2"]:
@@ -231,9 +233,10 @@ def check_prior(prior) -> None:
         )
 
 
-def objective(model, risk, zs, dt, returns, weights, prior) -> Scalar:
-    """``fit_loss`` on inputs already checked and shaped (traceable, no validation)."""
-    result = run_filter(model, zs, dt)
+def objective(model, risk, zs, dt, returns, weights, prior, method) -> Scalar:
+    """``fit_loss`` on inputs already checked and shaped and a resolved method (traceable,
+    no validation)."""
+    result = run_filter(model, zs, dt, method)
     total = weights[0] * -result.log_likelihood
     if returns is not None:
         total = total + weights[1] * predictive_return_nll(result, risk, dt, returns)
@@ -243,7 +246,10 @@ def objective(model, risk, zs, dt, returns, weights, prior) -> Scalar:
 
 
 def _require_imm(model):
-    _, IMMModel, _ = _models()
+    from ._imm import IMMModel
+
+    # The prior is on IMMModel's `transition` field itself (a learnable Pi), which only
+    # that model kind has: the one class check that stays.
     if not isinstance(model, IMMModel):
         raise ValueError(
             f"a Dirichlet prior on `Pi` needs a dj.IMMModel, got {type(model).__name__}."

@@ -383,3 +383,41 @@ def mean_log_likelihood(
     """
     ll = path("log_likelihoods", log_likelihoods)
     return jnp.mean(ll, axis=axis)
+
+
+# --- the regime chain -----------------------------------------------------------------------
+
+
+def transition_counts(regimes: RegimesLike, num_regimes: int) -> Int[Array, "M M"]:
+    """``[M, M]`` counts of the true regime's moves ``regimes[..., k-1] -> regimes[..., k]``.
+
+    Pooled over every path (leading axes) and step; staying counts as a move to the same
+    regime. Divided by its row sums it estimates the per-step transition matrix, e.g. to
+    check ``dj.simulate`` against the model's ``transition``.
+
+    Arguments:
+        regimes: true regime index ``[..., T]``, integers in ``[0, num_regimes)``
+            (``Paths.regimes``).
+        num_regimes: ``M``, a Python int ``>= 1``.
+
+    Returns:
+        ``counts[i, j]``, the number of steps from regime ``i`` to regime ``j`` (int).
+
+    Example:
+        >>> import drift_jax as dj
+        >>> dj.metrics.transition_counts([[0, 0, 1, 1], [1, 0, 0, 0]], 2).tolist()
+        [[3, 1], [1, 1]]
+    """
+    if isinstance(num_regimes, bool) or not isinstance(num_regimes, int | np.integer):
+        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
+    if num_regimes < 1:
+        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
+    M = int(num_regimes)
+    reg = v.check(
+        "regimes",
+        regime_path("regimes", regimes),
+        lambda r: (r >= 0) & (r < M),
+        f"regime indices in [0, num_regimes={M})",
+    )
+    moves = (reg[..., :-1] * M + reg[..., 1:]).ravel()
+    return jnp.bincount(moves, length=M * M).reshape(M, M)

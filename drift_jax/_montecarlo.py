@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _event_metrics as em, _metrics as mt
-from ._filter import filter as dj_filter
-from ._imm import IMMModel
-from ._kalman import KalmanModel
+from ._filter import run_filter
+from ._inputs import prepare_dt, prepare_observations
+from ._methods import DirectAdjoint, Sequential, method_name, resolve_method
+from ._model import AbstractDriftModel
 from ._sharding import padded_size, resolve_devices, shard_leading, unpad
 from ._simulate import Paths
 
@@ -73,9 +74,13 @@ class MonteCarloReport:
         np.savez(path.with_suffix(".npz"), **flat)
 
 
-def _check_estimators(estimators, num_features: int) -> dict:
-    """``{name: (model, feature indices or None)}`` after checking every entry."""
-    if isinstance(estimators, KalmanModel | IMMModel):
+#: ``dj.monte_carlo``'s default method: nothing is differentiated, so the plain scan.
+FORWARD_ONLY = Sequential(adjoint=DirectAdjoint())
+
+
+def _check_estimators(estimators, num_features: int, method) -> dict:
+    """``{name: (model, feature indices or None, method)}`` after checking every entry."""
+    if isinstance(estimators, AbstractDriftModel):
         estimators = {type(estimators).__name__: estimators}
     if not isinstance(estimators, dict) or not estimators:
         raise ValueError(
@@ -85,10 +90,11 @@ def _check_estimators(estimators, num_features: int) -> dict:
     out = {}
     for name, spec in estimators.items():
         model, idx = spec if isinstance(spec, tuple) and len(spec) == 2 else (spec, None)
-        if not isinstance(model, KalmanModel | IMMModel):
+        if not isinstance(model, AbstractDriftModel):
             raise ValueError(
-                f"`estimators[{name!r}]` must be a dj.KalmanModel or dj.IMMModel, or a pair "
-                f"(model, feature indices); got {type(spec).__name__}."
+                f"`estimators[{name!r}]` must be a dj.KalmanModel or dj.IMMModel (a "
+                "dj.AbstractDriftModel), or a pair (model, feature indices); got "
+                f"{type(spec).__name__}."
             )
         if idx is not None:
             idx = tuple(int(i) for i in np.atleast_1d(np.asarray(idx)))
@@ -104,14 +110,23 @@ def _check_estimators(estimators, num_features: int) -> dict:
                 f"paths give it {seen}; build its dj.Observation with {seen} loadings or "
                 "pass (model, feature indices)."
             )
-        out[name] = (model, idx)
+        try:
+            resolved = resolve_method(method, model)
+        except ValueError as err:
+            raise ValueError(f"`estimators[{name!r}]`: {err}") from None
+        out[name] = (model, idx, resolved)
     return out
 
 
-def _path_statistics(model, idx, paths: Paths, dt, num_regimes: int, threshold: float):
+def _path_statistics(model, idx, method, paths: Paths, dt, num_regimes, threshold: float):
     """Per-path statistics of one estimator on a batch of paths (runs under jit)."""
     zs = paths.features if idx is None else paths.features[..., jnp.asarray(idx)]
-    res = jax.vmap(lambda z, d: dj_filter(model, z, d, checkpoint=False))(zs, dt)
+
+    def one(z, d):
+        z = prepare_observations(z, model.num_features, model.dtype)
+        return run_filter(model, z, prepare_dt(d, z.shape[0], model.dtype), method)
+
+    res = jax.vmap(one)(zs, dt)
     est, var, truth = res.drift, res.drift_var, paths.drift.astype(res.drift.dtype)
     sq_sum, count = mt.squared_error_sums(est, truth, paths.regimes, num_regimes)
     err2 = (est - truth) ** 2
@@ -133,7 +148,7 @@ def _path_statistics(model, idx, paths: Paths, dt, num_regimes: int, threshold: 
         onsets = paths.onsets(crisis)
         track50, track90 = em.tracking_latencies(est, truth, onsets, steps, (0.5, 0.9))
         events["track50"], events["track90"] = track50, track90
-    if isinstance(model, IMMModel) and crisis >= 0:
+    if model.crisis_index >= 0 and crisis >= 0:  # the estimator has a crisis regime
         p = res.p_crisis
         events["detection"] = em.detection_latency(
             p, paths.regimes, steps, crisis_index=crisis, threshold=threshold
@@ -150,8 +165,8 @@ def _path_statistics(model, idx, paths: Paths, dt, num_regimes: int, threshold: 
 @eqx.filter_jit
 def _run_chunk(models: dict, paths: Paths, dt, num_regimes: int, threshold: float):
     return {
-        name: _path_statistics(model, idx, paths, dt, num_regimes, threshold)
-        for name, (model, idx) in models.items()
+        name: _path_statistics(model, idx, method, paths, dt, num_regimes, threshold)
+        for name, (model, idx, method) in models.items()
     }
 
 
@@ -201,6 +216,7 @@ def monte_carlo(
     devices=None,
     threshold: float = 0.3,
     progress: bool | None = None,
+    method=FORWARD_ONLY,
 ) -> MonteCarloReport:
     """Run one or several estimators over many paths and summarise how they behave.
 
@@ -219,6 +235,11 @@ def monte_carlo(
             them with ``jax.sharding``. The numbers do not depend on it.
         threshold: ``P(Crisis)`` alarm level for detection, false alarms and recovery.
         progress: show a progress bar (default: when there are more than 4 chunks).
+        method: how every estimator's filter runs, as for ``dj.filter``. Default
+            ``dj.Sequential(adjoint=dj.DirectAdjoint())``: nothing is differentiated here,
+            so the plain scan (every ``Sequential`` adjoint gives the same numbers; this one
+            adds nothing to the compiled forward pass). ``dj.Associative()`` needs every
+            estimator to be a ``dj.KalmanModel``.
 
     Returns:
         A ``MonteCarloReport`` (``.table`` pandas DataFrame, ``.latencies``, ``.info``,
@@ -258,7 +279,7 @@ def monte_carlo(
         chunk = sample(lo, min(chunk_size, total - lo))
         if first is None:
             first = chunk
-            models = _check_estimators(estimators, chunk.num_features)
+            models = _check_estimators(estimators, chunk.num_features, method)
         num_regimes = len(chunk.regime_names)
         dt = _step_lengths(chunk)
         # Every chunk is padded to the same size, so the compiled function is reused.
@@ -295,6 +316,7 @@ def monte_carlo(
         "path_steps_per_s": total * steps * len(models) / seconds,
         "dtype": str(first.drift.dtype),
         "threshold": float(threshold),
+        "method": method if isinstance(method, str) else method_name(method),
     }
     return MonteCarloReport(table, latencies, info)
 

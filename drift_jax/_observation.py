@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _exact_arithmetic as xa, _linalg as la, _validate as v
+from ._constraints import CONSTRAINT, LowerCholesky, Real
 from ._types import Array, Float, Loadings, ObsMatrix, ObsVector, Scalar, StateMatrix, StateVector
 
 _UPDATES = ("joint", "independent")
@@ -47,8 +48,11 @@ class Observation(eqx.Module):
         [[4.0]]
     """
 
-    loadings: Loadings
-    cov_chol: Float[Array, "m m"]
+    loadings: Loadings = eqx.field(metadata={CONSTRAINT: Real()})
+    # reported by dj.standard_errors as the entries of R = L L^T (`observation.cov[i,j]`)
+    cov_chol: Float[Array, "m m"] = eqx.field(
+        metadata={CONSTRAINT: LowerCholesky(reported_as="cov")}
+    )
     update: str = eqx.field(static=True)
 
     def __init__(self, loadings, cov, update: str = "joint"):
@@ -211,16 +215,32 @@ def measurement_update(
     return _independent_update(mean, cov, z, H, R)
 
 
-def _joint_update(mean, cov, z, H, R):
+def mask_missing(z, H, R):
+    """Drop the missing (NaN) components of ``z`` and keep the shapes static.
+
+    Returns ``(observed, z0, H0, R0)``: the mask, ``z`` with 0 where missing, ``H`` with
+    those rows 0, and ``R`` with those rows and columns replaced by the identity's. The
+    observed sub-block keeps its determinant, inverse and quadratic form, and a missing
+    component gets zero gain: algebraically the update with the observed sub-vector only.
+    Every filter cycle masks with this (the Kalman and IMM updates, the parallel filter's
+    elements, the m-feature reduction). Leading batch axes of ``z`` (``[..., m]``)
+    broadcast ``H`` ``[m, n]`` and ``R`` ``[m, m]``.
+    """
     observed = ~jnp.isnan(z)
-    m = z.shape[-1]
-    Hm = jnp.where(observed[..., :, None], H, 0.0)
-    innov = jnp.where(observed, z - la.mv(H, mean), 0.0)
+    batch, m = z.shape[:-1], z.shape[-1]
+    H = jnp.broadcast_to(H, batch + H.shape[-2:])
+    R = jnp.broadcast_to(R, batch + (m, m))
+    eye = jnp.broadcast_to(jnp.eye(m, dtype=R.dtype), batch + (m, m))
+    z0 = jnp.where(observed, z, 0.0)
+    H0 = jnp.where(observed[..., :, None], H, 0.0)
     both = observed[..., :, None] & observed[..., None, :]
-    eye = jnp.eye(m, dtype=cov.dtype)
-    # Unobserved rows/columns become the identity: same determinant and quadratic form as
-    # the observed sub-block, zero gain on the unobserved components.
-    Rm = jnp.where(both, R, eye * jnp.where(observed, 0.0, 1.0)[..., None, :])
+    R0 = jnp.where(both, R, eye * jnp.where(observed, 0.0, 1.0)[..., None, :])
+    return observed, z0, H0, R0
+
+
+def _joint_update(mean, cov, z, H, R):
+    observed, _, Hm, Rm = mask_missing(z, H, R)
+    innov = jnp.where(observed, z - la.mv(H, mean), 0.0)
     PHt = la.mm(cov, la.transpose(Hm))  # [n, m]
     S = la.mm(Hm, PHt) + Rm
     L = la.cholesky(S)

@@ -1,28 +1,30 @@
 """Constrained <-> unconstrained parameters: what ``dj.fit`` trains, and what it holds fixed.
 
-Every array field of a model has a constraint, and a trainable field is stored as a
-vector of free coordinates that maps back onto a valid value by construction:
+Every array field of a model declares its constraint on the field
+(``eqx.field(metadata={"constraint": dj.Positive()})``, ``_constraints.py``), and a
+trainable field is stored as a vector of free coordinates that maps back onto a valid
+value by construction. The constraint is read from the field's declaration, never from
+its name: a new dynamics class whose fields declare constraints is trained like
+``dj.OU``. A trainable field that declares none is a ``ValueError`` (its free
+coordinates are not guessed); hold it fixed by leaving it out of ``trainable``.
 
-- ``theta``, ``sigma``, ``theta_accel``, ``sigma_accel``, ``sigma_base``,
-  ``crisis_amplifier``: ``> 0``; free coordinate ``log x``.
-- ``loadings``, ``init_mean``: unconstrained; ``x`` itself.
-- ``cov_chol`` (the Cholesky factor of ``R``): lower triangular with a positive diagonal;
-  its ``n (n + 1) / 2`` lower-triangular entries with the diagonal logged.
-- ``init_cov``: symmetric positive definite; its Cholesky factor, as above.
-- ``transition`` (each row), ``init_probs``: probability vectors; ``log(p_j / p_ref)`` for
-  ``j != ref``.
+The built-in fields:
+
+- ``theta``, ``sigma``, ``theta_accel``, ``sigma_accel`` (``dj.NonNegative``),
+  ``sigma_base`` (``dj.Positive``), ``crisis_amplifier`` (``dj.NonNegative``): free
+  coordinate ``log x``.
+- ``loadings``, ``init_mean`` (``dj.Real``): ``x`` itself.
+- ``cov_chol`` (the Cholesky factor of ``R``, ``dj.LowerCholesky``): its
+  ``n (n + 1) / 2`` lower-triangular entries with the diagonal logged.
+- ``init_cov`` (``dj.PositiveDefinite``): its Cholesky factor, as above.
+- ``transition`` (``dj.SimplexRows``), ``init_probs`` (``dj.Simplex``): probability
+  vectors; ``log(p_j / p_ref)`` for ``j != ref``.
 
 A simplex is parametrised relative to a reference entry per row (the largest entry of the
-starting value, usually ``Pi``'s diagonal): its logit is held at 0, so there is no flat
-direction (a softmax over all ``M`` logits is invariant to adding a constant to a row) and
-the free coordinates have full rank, which a Hessian needs. A Cholesky factor keeps only
-its ``n (n + 1) / 2`` lower-triangular entries for the same reason. An entry of a
-probability vector that starts at exactly 0 has logit ``-inf`` and stays exactly 0 (a
-structural zero: its gradient is 0).
-
-The non-negative fields (``theta >= 0``, ``crisis_amplifier >= 0``) are trained in log
-coordinates, so a trainable one must start above 0; ``theta = 0`` (a random walk) is held
-at 0 by leaving it out of ``trainable``.
+starting value), so the free coordinates have full rank; an entry that starts at exactly 0
+stays exactly 0 (a structural zero). The non-negative fields (``theta >= 0``,
+``crisis_amplifier >= 0``) are trained in log coordinates, so a trainable one must start
+above 0; ``theta = 0`` (a random walk) is held at 0 by leaving it out of ``trainable``.
 """
 
 from __future__ import annotations
@@ -34,14 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._constraints import AbstractConstraint, leaf_constraint, undeclared_error
 from ._types import Array, Float
-
-_POSITIVE = ("theta", "sigma", "theta_accel", "sigma_accel", "sigma_base", "crisis_amplifier")
-_FREE = ("loadings", "init_mean")
-_CHOLESKY = ("cov_chol",)
-_SPD = ("init_cov",)
-_SIMPLEX = ("transition", "init_probs")
-KNOWN_FIELDS = _POSITIVE + _FREE + _CHOLESKY + _SPD + _SIMPLEX
 
 
 class FitParams(NamedTuple):
@@ -59,95 +55,39 @@ class Unconstrained(eqx.Module):
     """A trainable field in free coordinates, and the map back onto its constraint.
 
     ``raw`` is the vector (or matrix, for the rows of ``Pi``) that an optimiser moves;
-    ``value()`` is the field. ``kind``, ``shape`` and ``ref`` are static.
+    ``value()`` is the field. ``constraint`` (the field's declared ``dj.Positive()``,
+    ``dj.SimplexRows()``, ...), ``shape`` and ``ref`` (a simplex's reference entry per
+    row) are static.
     """
 
     raw: Float[Array, "..."]
-    kind: str = eqx.field(static=True)
+    constraint: AbstractConstraint = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
     ref: tuple[int, ...] = eqx.field(static=True, default=())
 
     def value(self) -> Float[Array, "..."]:
         """The constrained field, of shape ``shape``."""
-        if self.kind == "free":
-            return self.raw
-        if self.kind == "log":
-            return jnp.exp(self.raw)
-        if self.kind in ("cholesky", "spd"):
-            n = self.shape[-1]
-            rows, cols = np.tril_indices(n)
-            on_diag = jnp.asarray(rows == cols)
-            # exp only on the diagonal: an overflowing untaken branch would poison the gradient
-            packed = jnp.where(on_diag, jnp.exp(jnp.where(on_diag, self.raw, 0.0)), self.raw)
-            L = jnp.zeros(self.shape, self.raw.dtype).at[rows, cols].set(packed)
-            return L if self.kind == "cholesky" else L @ L.T
-        # simplex rows: the reference entry's logit is 0, the others are free.
-        logits = _insert_reference(self.raw, self.ref, self.shape)
-        return jax.nn.softmax(logits, axis=-1)
+        return self.constraint.from_free(self.raw, self.shape, self.ref)
 
 
-def _insert_reference(raw: Array, ref: tuple[int, ...], shape: tuple[int, ...]) -> Array:
-    M = shape[-1]
-    rows = raw.reshape(len(ref), M - 1)
-    full = []
-    for i, r in enumerate(ref):
-        zero = jnp.zeros((1,), raw.dtype)
-        full.append(jnp.concatenate([rows[i, :r], zero, rows[i, r:]]))
-    return jnp.stack(full).reshape(shape)
-
-
-def _field_name(path) -> str:
-    for entry in reversed(path):
-        if isinstance(entry, jax.tree_util.GetAttrKey):
-            return entry.name
-    return jax.tree_util.keystr(path)
-
-
-def _to_free(path, x: Array) -> Unconstrained:
-    """Free coordinates of the concrete value ``x`` of the field at ``path``."""
-    name = _field_name(path)
+def _to_free(params, path, x: Array) -> Unconstrained:
+    """Free coordinates of the concrete value ``x`` of the field at ``path`` of ``params``."""
+    constraint, name, owner = leaf_constraint(params, path)
     where = jax.tree_util.keystr(path)
+    if constraint is None:
+        raise undeclared_error(name, where, owner)
     x = jnp.asarray(x)
-    shape = tuple(x.shape)
-    if name in _FREE:
-        return Unconstrained(x, "free", shape)
-    if name in _POSITIVE:
-        xn = np.asarray(x)
-        if not np.all(np.isfinite(xn) & (xn > 0)):
-            raise ValueError(
-                f"`{name}` ({where}) is trainable but equals {xn.tolist()}: it is trained in log "
-                f"coordinates and must start > 0. Start it from a positive value, or leave "
-                f"it out of `trainable` to hold it fixed (e.g. theta = 0, a random walk)."
-            )
-        return Unconstrained(jnp.log(x), "log", shape)
-    if name in _CHOLESKY or name in _SPD:
-        L = jnp.tril(x) if name in _CHOLESKY else jnp.linalg.cholesky(x)
-        rows, cols = np.tril_indices(shape[-1])
-        packed = L[rows, cols]
-        diag = np.asarray(packed)[rows == cols]
-        if not np.all(np.isfinite(diag) & (diag > 0)):
-            raise ValueError(
-                f"`{name}` ({where}) must have a Cholesky factor with a positive diagonal to "
-                f"be trained; got {name}={np.asarray(x).tolist()}."
-            )
-        on_diag = jnp.asarray(rows == cols)
-        packed = jnp.where(on_diag, jnp.log(jnp.where(on_diag, packed, 1.0)), packed)
-        return Unconstrained(packed, "cholesky" if name in _CHOLESKY else "spd", shape)
-    if name in _SIMPLEX:
-        P = np.asarray(x).reshape(-1, shape[-1])
-        ref = tuple(int(i) for i in np.argmax(P, axis=-1))
-        rows = x.reshape(-1, shape[-1])
-        logs = []
-        for i, r in enumerate(ref):
-            lr = jnp.log(rows[i]) - jnp.log(rows[i, r])
-            logs.append(jnp.concatenate([lr[:r], lr[r + 1 :]]))
-        raw = jnp.stack(logs)
-        raw = raw[0] if x.ndim == 1 else raw
-        return Unconstrained(raw, "simplex", shape, ref)
-    raise ValueError(
-        f"no constraint is known for the field `{name}` ({where}); trainable fields are "
-        f"{KNOWN_FIELDS}."
-    )
+    raw, ref = constraint.to_free(x, name, where)
+    return Unconstrained(raw, constraint, tuple(x.shape), ref)
+
+
+def _check_declared(params, mask) -> None:
+    """Every leaf that ``mask`` trains declares a constraint on its field."""
+    for path, trained in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if trained:
+            constraint, name, owner = leaf_constraint(params, path)
+            if constraint is None:
+                raise undeclared_error(name, jax.tree_util.keystr(path), owner)
 
 
 def trainable_mask(params, trainable=None):
@@ -163,6 +103,10 @@ def trainable_mask(params, trainable=None):
     Returns:
         The mask, a pytree of Python bools with the structure of ``params``.
 
+    Raises:
+        ValueError: when a selected leaf's field declares no constraint (its free
+            coordinates are not guessed from its name; see ``_constraints.py``).
+
     Example:
         >>> import drift_jax as dj, jax
         >>> model = dj.KalmanModel(dj.OU(0.1, 1.0), dj.Observation.scalar(2.0))
@@ -170,6 +114,12 @@ def trainable_mask(params, trainable=None):
         >>> sum(jax.tree.leaves(mask))
         1
     """
+    mask = _selected(params, trainable)
+    _check_declared(params, mask)
+    return mask
+
+
+def _selected(params, trainable):
     falses = jax.tree.map(lambda _: False, params)
     if trainable is None:
         return jax.tree.map(lambda _: True, params)
@@ -223,7 +173,7 @@ def unconstrain(params, trainable=None):
     """
     mask = trainable_mask(params, trainable)
     chosen, _ = eqx.partition(params, mask)
-    return jax.tree_util.tree_map_with_path(_to_free, chosen)
+    return jax.tree_util.tree_map_with_path(lambda path, x: _to_free(params, path, x), chosen)
 
 
 def _is_unconstrained(x) -> bool:

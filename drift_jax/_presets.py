@@ -1,6 +1,13 @@
-"""The specification's three regimes (Quiet / Trending / Crisis) and their transition matrix."""
+"""The specification's three regimes (Quiet / Trending / Crisis) and their transition matrix.
+
+Public as ``dj.REGIME_NAMES``, ``dj.SEED_REGIMES``, ``dj.SEED_TRANSITION`` (read-only: the
+dict is a ``MappingProxyType``, the array has ``writeable=False``) and ``dj.seed_imm``,
+which builds the IMM from them.
+"""
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 import numpy as np
 
@@ -8,12 +15,18 @@ from ._dynamics import OU, OUAccel
 from ._imm import IMMModel, stationary_distribution
 from ._observation import Observation
 
+#: The seed regimes' names, in the order of ``dj.seed_imm``'s members and of
+#: ``SEED_TRANSITION``'s rows (also the labels of ``dj.scenarios``' true regimes).
 REGIME_NAMES = ("Quiet", "Trending", "Crisis")
 
-#: ``(theta [1/s], sigma)`` per regime: half-lives of 7 s, 35 s and 140 s.
-SEED_REGIMES = {"Quiet": (0.10, 0.3), "Trending": (0.02, 1.0), "Crisis": (0.005, 5.0)}
+#: ``{name: (theta [1/s], sigma [bps/s per sqrt(s)])}`` of the seed regimes' OU drifts:
+#: half-lives of 7 s, 35 s and 140 s (read-only).
+SEED_REGIMES = MappingProxyType(
+    {"Quiet": (0.10, 0.3), "Trending": (0.02, 1.0), "Crisis": (0.005, 5.0)}
+)
 
-#: Per-cycle transition matrix, ``Pi[i, j] = P(next = j | now = i)``.
+#: The seed's per-cycle ``[3, 3]`` transition matrix, ``Pi[i, j] = P(next = j | now = i)``
+#: in ``REGIME_NAMES`` order (float64, read-only; ``.copy()`` it to edit).
 SEED_TRANSITION = np.array(
     [
         [0.95, 0.04, 0.01],
@@ -21,6 +34,7 @@ SEED_TRANSITION = np.array(
         [0.02, 0.08, 0.90],
     ]
 )
+SEED_TRANSITION.setflags(write=False)
 
 
 def seed_imm(
@@ -38,7 +52,8 @@ def seed_imm(
     """The specification's 3-regime IMM preset.
 
     Quiet (theta 0.10, sigma 0.3), Trending (theta 0.02, sigma 1.0), Crisis (theta 0.005,
-    sigma 5.0) with the transition matrix ``SEED_TRANSITION``.
+    sigma 5.0) with the transition matrix ``SEED_TRANSITION``: the numbers of
+    ``dj.SEED_REGIMES`` and ``dj.SEED_TRANSITION``, regimes named ``dj.REGIME_NAMES``.
 
     Arguments:
         observation: the feature model (default: one feature, ``z = mu + eps``,

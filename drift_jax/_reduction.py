@@ -30,7 +30,7 @@ import math
 import jax.numpy as jnp
 
 from . import _linalg as la
-from ._observation import Observation
+from ._observation import Observation, mask_missing
 from ._types import Array, Float
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -41,21 +41,23 @@ def reduce_to_scalar(
 ) -> tuple[Float[Array, " T"], Float[Array, " T"], Float[Array, " T"]]:
     """``(y, r, log_g)`` per step: the scalar observation, its noise variance ``1/c`` and
     the log-likelihood term the reduction leaves out (0 at steps with nothing usable)."""
-    m = observation.num_features
     dtype = zs.dtype
-    a = observation.loadings.astype(dtype)
-    R = observation.cov.astype(dtype)
-    if observation.update == "independent":
+    a, R = observation.loadings.astype(dtype), observation.cov.astype(dtype)
+    return reduce_features(a, R, observation.update, zs)
+
+
+def reduce_features(
+    a: Float[Array, " m"], R: Float[Array, "m m"], update: str, zs: Float[Array, "T m"]
+) -> tuple[Float[Array, " T"], Float[Array, " T"], Float[Array, " T"]]:
+    """``reduce_to_scalar`` for features ``z = a mu + eps``, ``eps ~ N(0, R)`` and an update
+    mode (``"independent"``: ``R`` replaced by its diagonal), in ``zs``'s dtype."""
+    if update == "independent":
         R = jnp.diag(jnp.diagonal(R))
-    observed = ~jnp.isnan(zs)  # [T, m]
-    both = observed[:, :, None] & observed[:, None, :]
-    eye = jnp.eye(m, dtype=dtype)
     # Unobserved rows/columns become the identity (as in the joint update): the observed
     # sub-block's determinant and inverse, with zero weight on the unobserved features.
-    Rm = jnp.where(both, R[None], eye[None] * jnp.where(observed, 0.0, 1.0)[:, None, :])
+    observed, z0, a0, Rm = mask_missing(zs, a[:, None], R)  # [T, m], [T, m], [T, m, 1], ...
+    a0 = a0[..., 0]
     L = la.cholesky(Rm)
-    z0 = jnp.where(observed, zs, 0.0)
-    a0 = jnp.where(observed, a[None, :], 0.0)
     wz = la.solve_lower(L, z0)  # L^{-1} z
     wa = la.solve_lower(L, a0)  # L^{-1} a
     c = jnp.sum(wa * wa, axis=-1)  # a^T R^{-1} a

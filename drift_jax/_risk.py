@@ -6,6 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from . import _validate as v
+from ._constraints import CONSTRAINT, NonNegative, Positive
 from ._types import Array, ArrayLike, Bool, Float
 
 
@@ -61,8 +62,8 @@ class RiskModel(eqx.Module):
         (20.0, True)
     """
 
-    sigma_base: Float[Array, ""]
-    crisis_amplifier: Float[Array, ""]
+    sigma_base: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: Positive()})
+    crisis_amplifier: Float[Array, ""] = eqx.field(metadata={CONSTRAINT: NonNegative()})
     threshold: float = eqx.field(static=True)
 
     def __init__(self, sigma_base=1.0, crisis_amplifier=2.0, threshold: float = 0.3):

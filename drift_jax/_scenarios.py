@@ -469,7 +469,7 @@ _COMMON_DOC = """key: a JAX PRNG key; path ``i`` uses ``jax.random.fold_in(key, 
         n_paths, n_steps: ``B`` and ``T`` (ints >= 1).
         dt: step length in seconds (> 0), a scalar or ``[T]``; ``t_k = (k + 1) dt``.
         observation: the ``dj.Observation`` of the features (default: the four default
-            features, ``Observation(default_loadings(), default_feature_cov())``).
+            features, ``dj.scenarios.default_observation()``).
         background_theta: mean reversion of the background OU drift (1/s, >= 0; default
             0.1, the Quiet regime's).
         background_sigma: its diffusion (bps/s per sqrt(s), >= 0; default 0.3; 0 = off).
@@ -518,7 +518,7 @@ def liquidation_cascade(
 
     Script: 0 until ``start``, a linear fall to ``level`` over ``fall_time``, ``level``
     for ``hold_time``, a linear recovery to 0 over ``recovery_time``, then 0 (the profile
-    of ``drift_jax._synthetic.cascade_profile``). Truth: Quiet before ``start``, Crisis from
+    of ``dj.scenarios.cascade_profile``). Truth: Quiet before ``start``, Crisis from
     ``start`` to the end of the hold, Trending during the recovery, Quiet after.
 
     Arguments:

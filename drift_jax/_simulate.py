@@ -29,9 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as v
-from ._dynamics import embedded_transition
-from ._imm import IMMModel
-from ._kalman import KalmanModel
+from ._model import AbstractDriftModel, check_model
 from ._sharding import sample_in_chunks
 from ._types import Array, Float, Int
 
@@ -116,7 +114,7 @@ class PathSimulator(eqx.Module):
     with ``dj.simulator(...)`` (same arguments as ``dj.simulate`` less the key and count).
     """
 
-    model: KalmanModel | IMMModel
+    model: AbstractDriftModel
     dt: Float[Array, "*T"]
     return_vol: Float[Array, " M"]
     jump_mean: Float[Array, " M"]
@@ -130,15 +128,15 @@ class PathSimulator(eqx.Module):
 
     @property
     def num_regimes(self) -> int:
-        return self.model.num_regimes if isinstance(self.model, IMMModel) else 1
+        return self.model.num_regimes
 
     @property
     def regime_names(self) -> tuple[str, ...]:
-        return self.model.regime_names if isinstance(self.model, IMMModel) else ("single",)
+        return self.model.regime_names
 
     @property
     def crisis_index(self) -> int:
-        return self.model.crisis_index if isinstance(self.model, IMMModel) else -1
+        return self.model.crisis_index  # -1: the model has no crisis regime
 
     @property
     def quiet_index(self) -> int:
@@ -188,22 +186,16 @@ def _sqrt_psd(Q: Array) -> Array:
 
 def _regime_transitions(model, dt) -> tuple[Array, Array]:
     """``[M, n, n]`` transition matrices and noise factors for one step length."""
-    n = model.state_dim
-    dyn = model.dynamics if isinstance(model, IMMModel) else (model.dynamics,)
-    pairs = [embedded_transition(d, dt, n) for d in dyn]
-    Fs = jnp.stack([p[0] for p in pairs])
-    Ls = jnp.stack([_sqrt_psd(p[1]) for p in pairs])
-    return Fs, Ls
+    Fs, Qs = model.transitions(dt)
+    return jnp.stack(Fs), jnp.stack([_sqrt_psd(Q) for Q in Qs])
 
 
 def _sample_one(sim: PathSimulator, key):
     model = sim.model
     dtype = model.dtype
     T, M, n, m = sim.num_steps, sim.num_regimes, model.state_dim, model.num_features
-    if isinstance(model, IMMModel):
-        Pi, p0 = model.transition, model.init_probs
-    else:
-        Pi, p0 = jnp.ones((1, 1), dtype), jnp.ones((1,), dtype)
+    # A single model is one regime: Pi = [[1]], p0 = [1].
+    Pi, p0 = model.transition_matrix(), model.initial_regime_probs
     ks = jax.random.split(key, 9)
     # Draw every random number up front: the scan below is then deterministic arithmetic.
     s0 = jax.random.choice(ks[0], M, p=p0)
@@ -293,14 +285,11 @@ def simulator(
     missing_prob=0.0,
 ) -> PathSimulator:
     """The generative specification of ``dj.simulate`` (arguments as there), unsampled."""
-    if not isinstance(model, KalmanModel | IMMModel):
-        raise ValueError(
-            f"`model` must be a dj.KalmanModel or dj.IMMModel, got {type(model).__name__}."
-        )
+    check_model(model)
     T = _positive_int("n_steps", n_steps)
     v.one_of("sampling", sampling, _SAMPLING)
     dtype = model.dtype
-    M = model.num_regimes if isinstance(model, IMMModel) else 1
+    M = model.num_regimes
     dt_arr = v.positive("dt", dt, dtype)
     if dt_arr.ndim not in (0, 1) or (dt_arr.ndim == 1 and dt_arr.shape != (T,)):
         raise ValueError(

@@ -1,12 +1,15 @@
 """Step-at-a-time estimators with the specification's interface.
 
-Each call runs one jitted step (the same ``step`` the filters scan) and returns a new
-estimator; estimators are immutable, so a state can be kept, compared or replayed. An
-estimator saves to a file and restores with a bit-identical continuation.
+Each call runs one jitted step -- the model's own ``cycle``, the same cycle ``dj.filter``
+scans (for an IMM with a scalar state the scalar cycle, with several features reduced
+exactly to one as the filter does) -- and returns a new estimator; estimators are
+immutable, so a state can be kept, compared or replayed. An estimator saves to a file and
+restores with a bit-identical continuation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -15,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._imm import IMMModel, IMMState, _stack, _unstack, combine, imm_step, initial_state
-from ._kalman import KalmanModel, KalmanState, kalman_step
+from ._imm import IMMModel, IMMState
+from ._kalman import KalmanModel, KalmanState
+from ._model import AbstractDriftModel
 from ._risk import is_crisis as _is_crisis, sigma_effective as _sigma_effective
 from ._types import Array, Float, Int, Scalar
 
@@ -72,72 +76,82 @@ def _vector_observation(z_vec, h_vec, r_mat, state_dim: int, update: str):
     return z, H, R
 
 
-@functools.partial(jax.jit, static_argnames=("update",))
-def _kalman_advance(est: KalmanDriftEstimator, z, dt, H, R, update: str | None):
-    model = est.model
-    # Inputs were checked on the host (NumPy) before the call: no traced checks needed.
-    dt = jnp.asarray(dt, model.dtype)
-    z = jnp.asarray(z, model.dtype)
-    if update is None:  # the model's own observation
-        update = model.observation.update
-        H, R = model.observation.matrices(model.state_dim, model.dtype)
-    else:
-        H, R = jnp.asarray(H, model.dtype), jnp.asarray(R, model.dtype)
-    F, Q = model.dynamics.transition(dt)
-    state, (ll, *_) = kalman_step(est.state, F, Q, z, H, R, update)
-    return _advanced(est, state, ll)
+def _advance(est: _Estimator, z, dt, H, R, update: str | None):
+    """One cycle of ``est.model`` (``update=None``: its own observation model)."""
+    state, ll, n = _cycle(
+        est.model, est.state, est.log_likelihood, est.num_updates, z, dt, H, R, update
+    )
+    return _replaced(est, state=state, log_likelihood=ll, num_updates=n)
 
 
 @functools.partial(jax.jit, static_argnames=("update",))
-def _imm_advance(est: IMMDriftEstimator, z, dt, H, R, update: str | None):
-    model = est.model
+def _cycle(model, state, log_likelihood, num_updates, z, dt, H, R, update: str | None):
+    # Only what changes goes in and out (not the whole estimator: a pytree of ~20 leaves
+    # costs ~20 us each way here, more than the cycle itself).
     # Inputs were checked on the host (NumPy) before the call: no traced checks needed.
     dt = jnp.asarray(dt, model.dtype)
     z = jnp.asarray(z, model.dtype)
     if update is None:
-        update = model.observation.update
-        H, R = model.observation.matrices(model.state_dim, model.dtype)
+        observation = None
     else:
-        H, R = jnp.asarray(H, model.dtype), jnp.asarray(R, model.dtype)
-    Fs, Qs = model.transitions(dt)
-    carry = _unstack(est.state, model.num_regimes)
-    carry, (ll, _) = imm_step(carry, Fs, Qs, z, H, R, model.transition, update)
-    return _advanced(est, _stack(carry), ll)
+        observation = (jnp.asarray(H, model.dtype), jnp.asarray(R, model.dtype), update)
+    state, ll = model.cycle(state, z, dt, observation)
+    return state, log_likelihood + ll, num_updates + 1
+
+
+def _replaced(est, **changes):
+    """``est`` with some fields replaced, built as equinox's unflatten builds a Module
+    (``object.__new__`` and ``object.__setattr__``): no pytree round trip, no ``__init__``."""
+    new = object.__new__(type(est))
+    for f in dataclasses.fields(est):
+        object.__setattr__(new, f.name, changes.get(f.name, getattr(est, f.name)))
+    return new
 
 
 @jax.jit
-def _imm_mixture(state: IMMState):
-    """Step 5's mixture ``(mean, cov)`` of a state, compiled (op by op it costs ~1 ms)."""
-    lp, ms, cs = _unstack(state, state.log_probs.shape[0])
-    return combine(lp, ms, cs)
+def _drift_moments(model, state):
+    """The drift's mean and variance in a state (an IMM's mixture), compiled (op by op
+    ~1 ms)."""
+    mean, cov = model.state_moments(state)
+    return mean[0], cov[0, 0]
 
 
-def _advanced(est, state, ll):
-    return eqx.tree_at(
-        lambda e: (e.state, e.log_likelihood, e.num_updates),
-        est,
-        (state, est.log_likelihood + ll, est.num_updates + 1),
-    )
+class _host_method:  # noqa: N801 (a decorator, named as one)
+    """A method bound as ``functools.partial(f, self)``, not as an equinox ``BoundMethod``.
+
+    Equinox turns every bound method of a Module into a Module (so that
+    ``jax.jit(module.method)`` sees ``self`` as a pytree), which here costs ~25 us per
+    call: a third of a streaming update. The estimators' methods run on the host and call
+    compiled functions themselves, so they are bound plainly.
+    """
+
+    def __init__(self, func):
+        self.__func__ = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else functools.partial(self.__func__, obj)
 
 
 class _Estimator(eqx.Module):
-    """Shared plumbing: the update calls, the running log-likelihood, save/load.
+    """Shared plumbing: the update calls, the running log-likelihood, save/load, and the
+    outputs of the specification's interface, all through the model's interface
+    (``dj.AbstractDriftModel``: ``cycle``, ``state_moments``, ``state_regime_probs``)."""
 
-    A concrete estimator sets ``_step`` to its jitted cycle (``_kalman_advance`` or
-    ``_imm_advance``), which takes ``(estimator, z, dt, H, R, update)``.
-    """
-
-    model: eqx.AbstractVar[KalmanModel | IMMModel]
+    model: eqx.AbstractVar[AbstractDriftModel]
+    state: eqx.AbstractVar[object]
     log_likelihood: eqx.AbstractVar[Scalar]
     num_updates: eqx.AbstractVar[Int[Array, ""]]
 
+    @_host_method
     def update_observation(self, z, dt):
         """One cycle: (IMM: mix,) predict over ``dt`` seconds, update with the model's
         features ``z`` (a scalar for one feature, or ``[m]``; NaN components are missing).
         Returns the new estimator."""
         z = _as_obs("z", z, self.model.num_features)
-        return self._step(self, z, _as_dt(dt), None, None, None)
+        return _advance(self, z, _as_dt(dt), None, None, None)
 
+    @_host_method
     def update_vector(self, z_vec, h_vec, r_mat, dt, update: str = "joint"):
         """One cycle whose update is the vector observation ``z_vec`` with loadings
         ``h_vec`` ``[k]`` and noise covariance ``r_mat`` ``[k, k]``.
@@ -147,12 +161,14 @@ class _Estimator(eqx.Module):
         sequential scalar updates that ignore the correlation).
         """
         z, H, R = _vector_observation(z_vec, h_vec, r_mat, self.model.state_dim, update)
-        return self._step(self, z, _as_dt(dt), H, R, update)
+        return _advance(self, z, _as_dt(dt), H, R, update)
 
+    @_host_method
     def predict(self, dt):
         """Advance ``dt`` seconds with nothing observed (a pure prediction)."""
         return self.update_observation(np.full((self.model.num_features,), np.nan), dt)
 
+    @_host_method
     def save(self, path: str | os.PathLike) -> None:
         """Write the estimator (model and state) to ``path`` (equinox leaf serialisation)."""
         eqx.tree_serialise_leaves(path, self)
@@ -163,9 +179,49 @@ class _Estimator(eqx.Module):
         model of the same classes and sizes; its values are replaced by the saved ones)."""
         return eqx.tree_deserialise_leaves(path, cls(model))
 
+    @_host_method
+    def drift_rate_per_sec(self) -> Scalar:
+        """Posterior mean of the drift ``mu`` (bps/s); for an IMM the mixture
+        ``sum_j w_j mu_j``."""
+        return _drift_moments(self.model, self.state)[0]
+
+    @_host_method
+    def drift_variance(self) -> Scalar:
+        """Posterior variance of the drift ``mu``; for an IMM the mixture variance,
+        including the spread between the regimes."""
+        return _drift_moments(self.model, self.state)[1]
+
+    @_host_method
+    def regime_probabilities(self) -> Float[Array, " M"]:
+        """Posterior regime probabilities ``w`` (in ``model.regime_names`` order; ``[1.0]``
+        for a single model)."""
+        return self.model.state_regime_probs(self.state)
+
+    @_host_method
+    def p_crisis(self) -> Scalar:
+        """``P(Crisis)``: the crisis regime's probability, 0 when there is none."""
+        if self.model.crisis_index < 0:
+            return jnp.zeros((), self.model.dtype)
+        return self.regime_probabilities()[self.model.crisis_index]
+
+    @_host_method
+    def is_crisis(self, threshold: float = 0.3):
+        """``P(Crisis) > threshold`` (never, without a crisis regime)."""
+        return _is_crisis(self.p_crisis(), threshold)
+
+    @_host_method
+    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Scalar:
+        """``sigma * (1 + crisis_amplifier * P(Crisis))`` (``sigma`` without a crisis
+        regime)."""
+        return _sigma_effective(sigma, self.p_crisis(), crisis_amplifier)
+
 
 class KalmanDriftEstimator(_Estimator):
     """Streaming Kalman drift estimator: feed one observation (or vector) per cycle.
+
+    It has the IMM estimator's interface with one regime: ``regime_probabilities()`` is
+    ``[1.0]``, ``p_crisis()`` 0, ``is_crisis()`` False and ``sigma_effective(sigma)`` is
+    ``sigma`` (a single model is not a crisis regime).
 
     Arguments:
         model: a ``dj.KalmanModel``; its prior is the starting state.
@@ -183,24 +239,17 @@ class KalmanDriftEstimator(_Estimator):
     state: KalmanState
     log_likelihood: Scalar
     num_updates: Int[Array, ""]
-    _step = staticmethod(_kalman_advance)
 
     def __init__(self, model: KalmanModel, state=None, log_likelihood=0.0, num_updates=0):
+        # The estimator's class fixes the model class (and the state it carries).
         if not isinstance(model, KalmanModel):
             raise ValueError(f"`model` must be a dj.KalmanModel, got {type(model).__name__}.")
         self.model = model
-        self.state = KalmanState(model.init_mean, model.init_cov) if state is None else state
+        self.state = model.initial_state() if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
 
-    def drift_rate_per_sec(self) -> Scalar:
-        """Posterior mean of the drift ``mu`` (bps/s)."""
-        return self.state.mean[0]
-
-    def drift_variance(self) -> Scalar:
-        """Posterior variance of the drift ``mu``."""
-        return self.state.cov[0, 0]
-
+    @_host_method
     def drift_acceleration(self) -> Scalar:
         """Posterior mean of ``mu_dot`` (bps/s^2); 0 for the scalar state."""
         if self.model.state_dim == 1:
@@ -210,6 +259,11 @@ class KalmanDriftEstimator(_Estimator):
 
 class IMMDriftEstimator(_Estimator):
     """Streaming IMM drift estimator with the specification's interface.
+
+    Each update is one step of ``dj.filter``'s own cycle (``IMMModel.cycle``): the scalar
+    cycle for a scalar state, the general one otherwise, with several features reduced
+    exactly to one observation as the filter reduces them. Its state is an ``IMMState``
+    whose log-probabilities stay finite (ordered by fit) where a probability underflows.
 
     Arguments:
         model: a ``dj.IMMModel`` (e.g. ``dj.seed_imm(...)``).
@@ -227,42 +281,17 @@ class IMMDriftEstimator(_Estimator):
     state: IMMState
     log_likelihood: Scalar
     num_updates: Int[Array, ""]
-    _step = staticmethod(_imm_advance)
 
     def __init__(self, model: IMMModel, state=None, log_likelihood=0.0, num_updates=0):
+        # The estimator's class fixes the model class (and the state it carries).
         if not isinstance(model, IMMModel):
             raise ValueError(f"`model` must be a dj.IMMModel, got {type(model).__name__}.")
         self.model = model
-        self.state = initial_state(model) if state is None else state
+        self.state = model.initial_state() if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
 
-    def _mixture(self):
-        return _imm_mixture(self.state)
-
-    def drift_rate_per_sec(self) -> Scalar:
-        """Mixture drift ``sum_j w_j mu_j`` (bps/s)."""
-        return self._mixture()[0][0]
-
-    def drift_variance(self) -> Scalar:
-        """Mixture variance of the drift, including the spread between the regimes."""
-        return self._mixture()[1][0, 0]
-
-    def regime_probabilities(self) -> Float[Array, " M"]:
-        """Posterior regime probabilities ``w`` (in ``model.regime_names`` order)."""
-        return jnp.exp(self.state.log_probs)
-
-    def p_crisis(self) -> Scalar:
-        return self.regime_probabilities()[self.model.crisis_index]
-
-    def is_crisis(self, threshold: float = 0.3):
-        """``P(Crisis) > threshold``."""
-        return _is_crisis(self.p_crisis(), threshold)
-
-    def sigma_effective(self, sigma, crisis_amplifier=2.0) -> Scalar:
-        """``sigma * (1 + crisis_amplifier * P(Crisis))``."""
-        return _sigma_effective(sigma, self.p_crisis(), crisis_amplifier)
-
+    @_host_method
     def model_drifts(self) -> Float[Array, " M"]:
         """Each regime model's drift estimate."""
         return self.state.means[:, 0]

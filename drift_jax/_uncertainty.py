@@ -37,6 +37,7 @@ from ._losses import (
     objective,
     prepare_returns,
 )
+from ._methods import SEQUENTIAL, method_name, resolve_method
 from ._optional import optional_pandas
 from ._params import FitParams, Unconstrained, constrain
 
@@ -120,50 +121,15 @@ def _leaf_name(path) -> str:
     return name
 
 
-def _index(idx: tuple[int, ...]) -> str:
-    return "[" + ",".join(str(i) for i in idx) + "]" if idx else ""
-
-
 def _describe(name: str, u: Unconstrained):
-    """Reported names and interval scales, and free-coordinate names, of one leaf."""
-    shape = u.shape
-    if u.kind in ("cholesky", "spd"):
-        base = name[: -len("_chol")] if name.endswith("cov_chol") else name
-        rows, cols = np.tril_indices(shape[-1])
-        reported = [f"{base}[{i},{j}]" for i, j in zip(rows, cols, strict=True)]
-        scales = ["log" if i == j else "linear" for i, j in zip(rows, cols, strict=True)]
-        chol = name if u.kind == "cholesky" else f"chol({name})"
-        raw = [
-            f"log({chol}[{i},{j}])" if i == j else f"{chol}[{i},{j}]"
-            for i, j in zip(rows, cols, strict=True)
-        ]
-        return reported, scales, raw
-    entries = [_index(idx) for idx in np.ndindex(*shape)]
-    reported = [name + e for e in entries]
-    if u.kind == "log":
-        return reported, ["log"] * len(reported), [f"log({r})" for r in reported]
-    if u.kind == "free":
-        return reported, ["linear"] * len(reported), list(reported)
-    # simplex rows: logits against the reference entry of each row
-    M = shape[-1]
-    raw = []
-    for row, ref in enumerate(u.ref):
-        lead = (row,) if len(shape) == 2 else ()
-        for j in range(M):
-            if j != ref:
-                raw.append(f"log({name}{_index((*lead, j))}/{name}{_index((*lead, ref))})")
-    return reported, ["logit"] * len(reported), raw
+    """Reported names and interval scales, and free-coordinate names, of one leaf: as its
+    field's declared constraint reports it (``R``'s entries for ``cov_chol``, ...)."""
+    return u.constraint.describe(name, u.shape, u.ref)
 
 
 def _reported_values(u: Unconstrained) -> jax.Array:
     """The reported entries of one leaf: the field, or ``R``'s lower triangle for ``L``."""
-    value = u.value()
-    if u.kind in ("cholesky", "spd"):
-        if u.kind == "cholesky":
-            value = value @ value.T
-        rows, cols = np.tril_indices(u.shape[-1])
-        return value[rows, cols]
-    return value.reshape(-1)
+    return u.constraint.reported(u.value())
 
 
 def _is_unconstrained(x) -> bool:
@@ -174,7 +140,7 @@ def _is_unconstrained(x) -> bool:
 
 
 @eqx.filter_jit
-def _derivatives(raw, params, zs, dt, returns, weights, prior):
+def _derivatives(raw, params, zs, dt, returns, weights, prior, method):
     """Total objective, gradient, Hessian in free coordinates, reported values, ``dg/dx``."""
     x0, unravel = ravel_pytree(raw)
     # A probability that starts at exactly 0 has logit -inf (a structural zero): it is held
@@ -188,7 +154,7 @@ def _derivatives(raw, params, zs, dt, returns, weights, prior):
 
     def total(y):
         p = constrain(unravel(full(y)), params)
-        return objective(p.model, p.risk, zs, dt, returns, weights, prior) * T
+        return objective(p.model, p.risk, zs, dt, returns, weights, prior, method) * T
 
     def reported(y):
         leaves = jax.tree.leaves(unravel(full(y)), is_leaf=_is_unconstrained)
@@ -199,8 +165,9 @@ def _derivatives(raw, params, zs, dt, returns, weights, prior):
         return grad, (value, grad)
 
     y0 = jnp.where(fixed, 0.0, x0)
-    # Reverse over reverse (the Kalman filter's hand-written adjoint has no forward mode);
-    # the value and gradient come out of the same trace as auxiliary outputs.
+    # Reverse over reverse, which every method supports (dj.FusedAdjoint, the Kalman
+    # filter's default, has no forward mode); the value and gradient come out of the same
+    # trace as auxiliary outputs.
     hess, (value, grad) = jax.jacrev(gradient, has_aux=True)(y0)
     jac = jax.jacfwd(reported)(y0)
     return value, grad, hess, reported(y0), jac
@@ -269,6 +236,7 @@ def standard_errors(
     prior=None,
     level=0.95,
     rcond=1e-8,
+    method=SEQUENTIAL,
 ) -> StandardErrors:
     """Standard errors and confidence intervals of fitted parameters (observed information).
 
@@ -277,20 +245,25 @@ def standard_errors(
     coordinates ``x`` of the trainable fields (``dj.unconstrain``), reverse over reverse,
     and maps ``H^{-1}`` to the reported parameters by the delta method, ``J H^{-1} J^T``.
     ``R`` is reported by its entries (``observation.cov[i,j]``, ``i >= j``), not by its
-    Cholesky factor; ``Pi`` by all of its entries (each row's share one free coordinate
-    fewer than entries, so their covariance is singular; a structural zero stays 0 with
-    standard error 0).
+    Cholesky factor (``cov_chol`` is declared ``dj.LowerCholesky(reported_as="cov")``);
+    ``Pi`` by all of its entries (each row's share one free coordinate fewer than
+    entries, so their covariance is singular; a structural zero stays 0 with standard
+    error 0).
 
-    Intervals at ``level``, with ``z`` the normal quantile:
+    Intervals at ``level``, with ``z`` the normal quantile, on the scale that each field's
+    declared constraint gives (``_constraints.py``; never chosen by the field's name):
 
-    - positive parameters (``theta``, ``sigma``, ``sigma_base``, ``crisis_amplifier``,
-      the variances on ``R``'s diagonal; ``scale="log"``): ``estimate * exp(+-z se /
-      estimate)``, i.e. the symmetric interval of ``log(estimate)`` mapped back; for a
-      field trained in log coordinates that is exactly ``exp(x +- z se_x)``. It stays
-      positive and is not symmetric around the estimate.
-    - probabilities (entries of ``Pi`` and ``init_probs``; ``scale="logit"``): the
-      symmetric interval of ``logit(p)`` mapped back, inside ``(0, 1)``.
-    - the rest (loadings, covariances off the diagonal, ``init_mean``;
+    - positive parameters (fields declared ``dj.Positive`` / ``dj.NonNegative``:
+      ``theta``, ``sigma``, ``sigma_base``, ``crisis_amplifier``; the variances on the
+      diagonal of a ``dj.LowerCholesky`` / ``dj.PositiveDefinite`` field;
+      ``scale="log"``): ``estimate * exp(+-z se / estimate)``, i.e. the symmetric
+      interval of ``log(estimate)`` mapped back; for a field trained in log coordinates
+      that is exactly ``exp(x +- z se_x)``. It stays positive and is not symmetric
+      around the estimate.
+    - probabilities (``dj.SimplexRows`` / ``dj.Simplex``: the entries of ``Pi`` and
+      ``init_probs``; ``scale="logit"``): the symmetric interval of ``logit(p)`` mapped
+      back, inside ``(0, 1)``.
+    - the rest (``dj.Real``: loadings, ``init_mean``; covariances off the diagonal;
       ``scale="linear"``): ``estimate +- z se``.
 
     A parameter that the data do not identify (a near-flat or downward direction of ``H``:
@@ -311,6 +284,11 @@ def standard_errors(
         feature_weight, return_weight, prior: as for ``dj.fit`` (the same objective).
         level: confidence level of the intervals, in ``(0, 1)``.
         rcond: relative eigenvalue threshold of a flat direction, in ``[0, 1)``.
+        method: how the filter runs and is differentiated, as for ``dj.filter`` (default
+            ``dj.Sequential()``, the model's default adjoint). The Hessian is taken reverse
+            over reverse, so the method must support second derivatives that way
+            (``method.second_order``; every method of drift_jax does, the fused adjoint
+            included); one that does not is a ``ValueError`` naming it.
 
     Returns:
         A ``StandardErrors`` with the ``table`` (estimate, std_err, z, p_value, ci_low,
@@ -330,6 +308,13 @@ def standard_errors(
     """
     params = _split_fitted(fitted, risk)
     model = params.model
+    method = resolve_method(method, model)
+    if not method.second_order:
+        raise ValueError(
+            f"dj.standard_errors takes the Hessian reverse over reverse, which "
+            f"method={method_name(method)} does not support; pass a method that does, e.g. "
+            "dj.Sequential() (the model's default adjoint)."
+        )
     dtype = model.dtype
     zs = prepare_observations(zs, model.num_features, dtype)
     T = int(zs.shape[0])
@@ -363,7 +348,7 @@ def standard_errors(
 
     value, grad, hess, estimate, jac = (
         np.asarray(a, dtype=np.float64)
-        for a in _derivatives(raw, params, zs, dt, returns, weights, prior)
+        for a in _derivatives(raw, params, zs, dt, returns, weights, prior, method)
     )
     grad, hess, jac = grad[free], hess[np.ix_(free, free)], jac[:, free]
     return _assemble(

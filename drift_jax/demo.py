@@ -1,8 +1,9 @@
 """The main job (``make demo``): filter a synthetic liquidation cascade and report.
 
 Run as ``python -m drift_jax.demo [--out-dir DIR] [--steps N] [--seed S]``. It simulates a
-quiet drift that falls to about -50 bps/s within 2 s (``drift_jax._synthetic``), observed
-through 4 cross-correlated features, and filters it with
+quiet drift that falls to about -50 bps/s within 2 s (``dj.scenarios.liquidation_cascade``),
+observed through the 4 cross-correlated default features
+(``dj.scenarios.default_observation()``), and filters it with
 
 - the scalar OU filter (state ``[mu]``, theta = 0.02, sigma = 1.0: the specification's
   Trending model), and
@@ -35,11 +36,10 @@ import numpy as np
 
 import drift_jax as dj
 
-from ._synthetic import CascadeSeries, liquidation_cascade
-
 DEFAULT_OUT_DIR = Path("demo_output")
 DEFAULT_STEPS = 2000
 DT = 0.1  # seconds per step (10 Hz)
+CASCADE_START, CASCADE_LEVEL = 60.0, -50.0  # s, bps/s: the scenario's defaults, stated
 
 # The filters' parameters. The scalar model is the specification's Trending member; the
 # acceleration parameters of the extended model are a reasonable choice, not a fit.
@@ -51,9 +51,64 @@ INIT_VAR = 1.0
 # --- Data ----------------------------------------------------------------------------------
 
 
-def make_data(num_steps: int = DEFAULT_STEPS, seed: int = 0) -> CascadeSeries:
-    """The synthetic cascade every section filters: quiet, falls to -50 bps/s at t = 60 s."""
-    return liquidation_cascade(num_steps=num_steps, dt=DT, seed=seed)
+@dataclass(frozen=True)
+class CascadeSeries:
+    """One simulated cascade as NumPy arrays; step ``k`` covers ``(t[k] - dt[k], t[k]]``.
+
+    Attributes:
+        t: ``[T]`` time in seconds at the end of each step (``t[k] = (k + 1) dt``, the
+            scenario's grid), i.e. the time of observation ``features[k]``; the filter's
+            prior sits at 0.
+        dt: ``[T]`` step lengths in seconds (pass it to ``dj.filter`` as ``dt``).
+        drift: ``[T]`` true drift ``mu`` at ``t`` (bps/s).
+        features: ``[T, m]`` observed features ``loadings * drift + eps``.
+        loadings: ``[m]`` the loadings used.
+        cov: ``[m, m]`` the noise covariance ``R`` used.
+        cascade_start: time the fall begins (s).
+        cascade_level: the level the cascade falls to (bps/s, before the quiet background).
+    """
+
+    t: np.ndarray
+    dt: np.ndarray
+    drift: np.ndarray
+    features: np.ndarray
+    loadings: np.ndarray
+    cov: np.ndarray
+    cascade_start: float
+    cascade_level: float
+
+
+def make_data(num_steps: int = DEFAULT_STEPS, seed: int = 0, **options) -> CascadeSeries:
+    """The synthetic cascade every section filters: quiet, falls to -50 bps/s at t = 60 s.
+
+    Path 0 of ``dj.scenarios.liquidation_cascade(jax.random.key(seed), 1, num_steps, DT)``
+    with its default script (fall over 2 s, hold 40 s, recovery over 30 s) and background
+    (quiet OU, theta 0.1, sigma 0.3), seen through the default features
+    (``dj.scenarios.default_loadings()``, ``default_feature_cov()``).
+    ``options`` go to the scenario (e.g. ``background_sigma=0.0``; not ``level`` or
+    ``start``, which the report states).
+    """
+    loadings, cov = dj.scenarios.default_loadings(), dj.scenarios.default_feature_cov()
+    paths = dj.scenarios.liquidation_cascade(
+        jax.random.key(seed),
+        1,
+        num_steps,
+        DT,
+        level=CASCADE_LEVEL,
+        start=CASCADE_START,
+        observation=dj.Observation(loadings, cov),
+        **options,
+    )
+    return CascadeSeries(
+        t=DT * np.arange(1, num_steps + 1),
+        dt=np.asarray(paths.dt[0]),
+        drift=np.asarray(paths.drift[0]),
+        features=np.asarray(paths.features[0]),
+        loadings=loadings,
+        cov=cov,
+        cascade_start=CASCADE_START,
+        cascade_level=CASCADE_LEVEL,
+    )
 
 
 # --- Measuring a filter against the truth --------------------------------------------------

@@ -2,9 +2,10 @@
 
 Tracking error (overall and per true regime), calibration (coverage, NEES), the
 log-likelihood per step, and event timing: crisis detection latency, tracking latency
-after a regime switch, recovery after a crisis or a reversal, false alarms while quiet.
-Every function is pure ``jax.numpy`` on paths with time as the last axis (``[..., T]``)
-and works under ``jit`` and ``vmap``; ``summarise_latencies`` is NumPy.
+after a regime switch, recovery after a crisis or a reversal, false alarms while quiet;
+and the true regime chain's ``transition_counts``. Every function is pure ``jax.numpy`` on
+paths with time as the last axis (``[..., T]``) and works under ``jit`` and ``vmap``;
+``summarise_latencies`` is NumPy.
 """
 
 from ._event_metrics import (
@@ -26,4 +27,5 @@ from ._metrics import (
     rmse as rmse,
     rmse_by_regime as rmse_by_regime,
     squared_error_sums as squared_error_sums,
+    transition_counts as transition_counts,
 )

@@ -7,6 +7,11 @@ step lengths) for a closed-form drift script plus a quiet OU background:
 ramp) and ``chop`` (frequent small reversals). Every shape parameter may be a number or a
 ``(low, high)`` range drawn per path, for Monte Carlo; ``randomised(name)`` gives default
 ranges, ``simulator(name, ...)`` the chunkable form. See ``drift_jax/_scenarios.py``.
+
+The default features every scenario observes (and the examples, notebooks and benchmarks
+use): ``DEFAULT_FEATURE_NAMES``, ``default_loadings()``, ``default_feature_cov()`` and
+``default_observation()`` (the ``dj.Observation`` of the two). ``cascade_profile`` is the
+cascade's drift script in NumPy, for composing moves (notebook 02's reversal).
 """
 
 from ._scenarios import (
@@ -19,4 +24,11 @@ from ._scenarios import (
     reversal as reversal,
     simulator as simulator,
     slow_trend as slow_trend,
+)
+from ._synthetic import (
+    DEFAULT_FEATURE_NAMES as DEFAULT_FEATURE_NAMES,
+    cascade_profile as cascade_profile,
+    default_feature_cov as default_feature_cov,
+    default_loadings as default_loadings,
+    default_observation as default_observation,
 )

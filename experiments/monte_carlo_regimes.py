@@ -43,16 +43,15 @@ jax.config.update("jax_enable_x64", True)  # a script, not the library: float64 
 import numpy as np  # noqa: E402
 
 import drift_jax as dj  # noqa: E402
-from drift_jax._synthetic import default_feature_cov, default_loadings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DT = 0.1
 
 
 def estimators() -> dict:
-    alpha, R = default_loadings(), default_feature_cov()
-    joint = dj.Observation(alpha, R, update="joint")
-    independent = dj.Observation(alpha, R, update="independent")
+    alpha, R = dj.scenarios.default_loadings(), dj.scenarios.default_feature_cov()
+    joint = dj.scenarios.default_observation("joint")
+    independent = dj.scenarios.default_observation("independent")
     bim = dj.Observation.scalar(R[0, 0], loading=alpha[0])
     return {
         "ou_single": dj.KalmanModel(dj.OU(0.02, 1.0), joint, 0.0, 1.0),

@@ -1,20 +1,21 @@
-"""The demo (``make demo``) and its synthetic data: run in-process at a small size."""
+"""The demo (``make demo``) and its synthetic data: run in-process at a small size.
+
+The data is ``dj.scenarios.liquidation_cascade`` (tested in ``test_scenarios.py``); here
+its demo form (``demo.make_data``) and the public defaults the demo relies on.
+"""
 
 import contextlib
 import io
 import math
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import drift_jax as dj
 from drift_jax import demo
-from drift_jax._synthetic import (
-    cascade_profile,
-    default_feature_cov,
-    default_loadings,
-    liquidation_cascade,
-)
 
 EXPECTED_ROWS = (
     "OU [mu] joint",
@@ -87,8 +88,6 @@ def test_demo_imm_section_beats_the_single_filter(report):
         assert imm.log_likelihood > single.log_likelihood
         assert imm.coverage > 0.9
     data = rep.data
-    import drift_jax as dj
-
     res = dj.filter(demo.imm_models(data)["IMM [mu] (seed_imm)"], data.features, data.dt)
     latency, false_alarms = demo.crisis_alarm(np.asarray(res.p_crisis), data)
     assert 0.0 <= latency < 3.0
@@ -99,20 +98,22 @@ def test_demo_imm_section_beats_the_single_filter(report):
 
 
 def test_crossing_time_on_the_truth():
-    data = liquidation_cascade(num_steps=1000, dt=0.1, seed=0, quiet_sigma=0.0)
+    data = demo.make_data(1000, seed=0, background_sigma=0.0)
     # A linear fall over 2 s: 50% after 1 s, 90% after 1.8 s (to the 0.1 s grid).
     assert demo.crossing_time(data.drift, data, 0.5) == pytest.approx(1.0, abs=1e-9)
     assert demo.crossing_time(data.drift, data, 0.9) == pytest.approx(1.8, abs=1e-9)
     assert math.isnan(demo.crossing_time(np.zeros_like(data.drift), data, 0.5))
 
 
-def test_synthetic_cascade_shape_and_levels():
-    s = liquidation_cascade(num_steps=2000, dt=0.1, seed=1)
+def test_demo_data_shape_and_levels():
+    s = demo.make_data(2000, seed=1)
     assert s.t.shape == s.dt.shape == s.drift.shape == (2000,)
     assert s.features.shape == (2000, 4)
     np.testing.assert_allclose(s.t, 0.1 * np.arange(1, 2001))
-    np.testing.assert_array_equal(s.loadings, default_loadings())
-    np.testing.assert_array_equal(s.cov, default_feature_cov())
+    np.testing.assert_allclose(np.cumsum(s.dt), s.t, rtol=1e-12)
+    np.testing.assert_array_equal(s.loadings, dj.scenarios.default_loadings())
+    np.testing.assert_array_equal(s.cov, dj.scenarios.default_feature_cov())
+    assert (s.cascade_start, s.cascade_level) == (60.0, -50.0)
     quiet, held = s.drift[s.t < 60.0], s.drift[(s.t >= 62.0) & (s.t <= 100.0)]
     assert np.max(np.abs(quiet)) < 5.0
     assert abs(np.mean(held) + 50.0) < 3.0
@@ -120,64 +121,70 @@ def test_synthetic_cascade_shape_and_levels():
     # The noise has the requested covariance (to sampling error).
     noise = s.features - s.drift[:, None] * s.loadings[None, :]
     np.testing.assert_allclose(np.cov(noise.T), s.cov, atol=0.15 * s.cov.max())
+    # Path 0 of the public scenario with the same key, as documented.
+    paths = dj.scenarios.liquidation_cascade(jax.random.key(1), 1, 2000, 0.1)
+    np.testing.assert_array_equal(s.features, np.asarray(paths.features[0]))
 
 
-def test_synthetic_is_seeded():
-    a = liquidation_cascade(num_steps=300, seed=5)
-    b = liquidation_cascade(num_steps=300, seed=5)
-    c = liquidation_cascade(num_steps=300, seed=6)
+def test_demo_data_is_seeded():
+    a, b, c = demo.make_data(300, seed=5), demo.make_data(300, seed=5), demo.make_data(300, 6)
     np.testing.assert_array_equal(a.features, b.features)  # same seed, same process
     assert not np.array_equal(a.features, c.features)
 
 
 def test_cascade_profile_pieces():
     t = np.array([0.0, 10.0, 11.0, 12.0, 30.0, 52.0, 57.0, 62.0, 70.0])
-    c = cascade_profile(t, 10.0, -50.0, fall_time=2.0, hold_time=40.0, recovery_time=10.0)
+    profile = dj.scenarios.cascade_profile
+    c = profile(t, 10.0, -50.0, fall_time=2.0, hold_time=40.0, recovery_time=10.0)
     np.testing.assert_allclose(c, [0, 0, -25, -50, -50, -50, -25, 0, 0])
-    jump = cascade_profile(t, 10.0, -50.0, fall_time=0.0, hold_time=1.0, recovery_time=0.0)
+    jump = profile(t, 10.0, -50.0, fall_time=0.0, hold_time=1.0, recovery_time=0.0)
     # The hold covers [10, 11); at 11 the instant recovery is done.
     np.testing.assert_allclose(jump, [0, -50, 0, 0, 0, 0, 0, 0, 0])
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"num_steps": 0}, "num_steps"),
-        ({"dt": 0.0}, "dt"),
-        ({"dt": float("nan")}, "dt"),
-        ({"cascade_level": float("inf")}, "cascade_level"),
-        ({"fall_time": -1.0}, "fall_time"),
-        ({"hold_time": -1.0}, "hold_time"),
-        ({"recovery_time": -1.0}, "recovery_time"),
-        ({"cascade_start": -5.0}, "cascade_start"),
-        ({"quiet_theta": -0.1}, "quiet_theta"),
-        ({"quiet_sigma": float("nan")}, "quiet_sigma"),
-        ({"loadings": [[1.0, 2.0]]}, "loadings"),
-        ({"loadings": [1.0, float("nan"), 1.0, 1.0]}, "loadings"),
-        ({"loadings": [1.0, 1.0]}, "default `cov`"),
-        ({"loadings": [1.0, 1.0], "cov": np.eye(3)}, "shape"),
-        ({"loadings": [1.0, 1.0], "cov": [[1.0, 0.5], [0.4, 1.0]]}, "symmetric"),
-        ({"loadings": [1.0, 1.0], "cov": [[1.0, 2.0], [2.0, 1.0]]}, "positive definite"),
-    ],
-)
-def test_synthetic_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        liquidation_cascade(**kwargs)
+def test_public_defaults():
+    """The default features and the seed constants, as the notebooks and benchmarks use them."""
+    names = dj.scenarios.DEFAULT_FEATURE_NAMES
+    alpha, R = dj.scenarios.default_loadings(), dj.scenarios.default_feature_cov()
+    assert names == ("bim", "dbim", "bpg", "sweep") and alpha.shape == (4,)
+    np.testing.assert_allclose(np.sqrt(np.diag(R)), [8.0, 7.0, 5.0, 12.0])
+    for update in ("joint", "independent"):
+        obs = dj.scenarios.default_observation(update)
+        assert obs.update == update
+        np.testing.assert_array_equal(np.asarray(obs.loadings), alpha)
+        np.testing.assert_allclose(np.asarray(obs.cov), R, rtol=1e-14)
+    f32 = dj.scenarios.default_observation(dtype=jnp.float32)
+    assert f32.loadings.dtype == f32.cov_chol.dtype == jnp.float32
+    alpha[0] = 99.0  # each call returns a fresh array
+    assert dj.scenarios.default_loadings()[0] == 1.0
+
+    assert dj.REGIME_NAMES == ("Quiet", "Trending", "Crisis") == dj.seed_imm().regime_names
+    assert dict(dj.SEED_REGIMES) == {
+        "Quiet": (0.10, 0.3),
+        "Trending": (0.02, 1.0),
+        "Crisis": (0.005, 5.0),
+    }
+    imm = dj.seed_imm()
+    np.testing.assert_array_equal(np.asarray(imm.transition), dj.SEED_TRANSITION)
+    for name, dyn in zip(dj.REGIME_NAMES, imm.dynamics, strict=True):
+        assert (float(dyn.theta), float(dyn.sigma)) == dj.SEED_REGIMES[name]
+    # Read-only, so nobody changes dj.seed_imm() by accident.
+    with pytest.raises(ValueError, match="read-only"):
+        dj.SEED_TRANSITION[0, 0] = 0.5
+    with pytest.raises(TypeError):
+        dj.SEED_REGIMES["Quiet"] = (1.0, 1.0)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"), [({"num_steps": 2.5}, "num_steps"), ({"seed": "x"}, "seed")]
-)
-def test_synthetic_bad_argument_types(kwargs, match):
-    # A ValueError for users; under the test suite's jaxtyping/beartype hook the annotation
-    # check (a TypeError) fires first.
-    with pytest.raises((ValueError, TypeError), match=match):
-        liquidation_cascade(**kwargs)
+def test_version_from_the_package_metadata(monkeypatch):
+    import importlib.metadata as metadata
 
+    assert dj.__version__ == metadata.version("drift_jax")
 
-def test_synthetic_other_feature_count():
-    s = liquidation_cascade(num_steps=50, loadings=[1.0, 0.5], cov=[[4.0, 1.0], [1.0, 9.0]])
-    assert s.features.shape == (50, 2)
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert dj._package_version() == "0+unknown"  # a source tree that was never installed
 
 
 def test_readme_example_runs(capsys):

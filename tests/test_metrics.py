@@ -587,3 +587,18 @@ def test_bad_latencies():
 def test_namespace():
     assert dj.metrics.rmse is mt.rmse
     assert functools.partial(mt.detection_latency, crisis_index=2)(P, R, 1.0).shape == (3,)
+
+
+def test_transition_counts():
+    r = np.random.default_rng(7).integers(0, 3, (4, 5, 30))
+    ref = np.zeros((3, 3), int)
+    for path in r.reshape(-1, 30):
+        for a, b in zip(path[:-1], path[1:], strict=True):
+            ref[a, b] += 1
+    assert_same(mt.transition_counts(r, 3), ref)
+    assert_same(jax.jit(mt.transition_counts, static_argnums=1)(jnp.asarray(r), 3), ref)
+    assert_same(mt.transition_counts([2], 3), np.zeros((3, 3), int))  # one step: no move
+    with pytest.raises(ValueError, match=r"`regimes` must be regime indices in \[0, num_regimes"):
+        mt.transition_counts([0, 3], 3)
+    with pytest.raises(ValueError, match=r"`num_regimes` must be an int >= 1"):
+        mt.transition_counts([0, 1], 0)
