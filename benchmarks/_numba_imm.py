@@ -1,6 +1,6 @@
 """Hand-written numba IMM, the CPU peer of ``dj.filter`` on a 3-regime scalar IMM.
 
-The same maths as drift_jax's IMM (DESIGN.md "The model"; one cycle = mixing, OU predict
+The same maths as drift_jax's IMM (docs/design.md "The model"; one cycle = mixing, OU predict
 with ``F = exp(-theta dt)``, ``Q = sigma^2 dt``, scalar Kalman update, Bayes update of the
 mode probabilities, mixture output), written as strongly as plain numba allows:
 

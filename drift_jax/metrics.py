@@ -8,7 +8,7 @@ paths with time as the last axis (``[..., T]``) and works under ``jit`` and ``vm
 ``summarise_latencies`` is NumPy.
 """
 
-from ._event_metrics import (
+from ._evaluation.event_metrics import (
     alarm_time_fraction as alarm_time_fraction,
     detection_latency as detection_latency,
     false_alarm_rate as false_alarm_rate,
@@ -19,7 +19,7 @@ from ._event_metrics import (
     summarise_latencies as summarise_latencies,
     tracking_latency as tracking_latency,
 )
-from ._metrics import (
+from ._evaluation.metrics import (
     coverage as coverage,
     mean_log_likelihood as mean_log_likelihood,
     nees as nees,

@@ -6,7 +6,7 @@ step lengths) for a closed-form drift script plus a quiet OU background:
 ``false_alarm`` (one huge feature outlier in a quiet market), ``slow_trend`` (a slow
 ramp) and ``chop`` (frequent small reversals). Every shape parameter may be a number or a
 ``(low, high)`` range drawn per path, for Monte Carlo; ``randomised(name)`` gives default
-ranges, ``simulator(name, ...)`` the chunkable form. See ``drift_jax/_scenarios.py``.
+ranges, ``simulator(name, ...)`` the chunkable form. See ``drift_jax/_simulation/scenarios.py``.
 
 The default features every scenario observes (and the examples, notebooks and benchmarks
 use): ``DEFAULT_FEATURE_NAMES``, ``default_loadings()``, ``default_feature_cov()`` and
@@ -14,7 +14,7 @@ use): ``DEFAULT_FEATURE_NAMES``, ``default_loadings()``, ``default_feature_cov()
 cascade's drift script in NumPy, for composing moves (notebook 02's reversal).
 """
 
-from ._scenarios import (
+from ._simulation.scenarios import (
     SCENARIOS as SCENARIOS,
     ScenarioSimulator as ScenarioSimulator,
     chop as chop,
@@ -25,7 +25,7 @@ from ._scenarios import (
     simulator as simulator,
     slow_trend as slow_trend,
 )
-from ._synthetic import (
+from ._simulation.synthetic import (
     DEFAULT_FEATURE_NAMES as DEFAULT_FEATURE_NAMES,
     cascade_profile as cascade_profile,
     default_feature_cov as default_feature_cov,

@@ -1,10 +1,10 @@
 """A plain-Python reference of the drift filter cycle that drift_jax runs (standard library only).
 
 Written to be read and ported (e.g. to Rust): no NumPy, no JAX, only ``math`` and lists.
-It follows drift_jax's general IMM cycle (``drift_jax/_imm.py: imm_step``, the cycle
+It follows drift_jax's general IMM cycle (``drift_jax/_filters/imm.py: imm_step``, the cycle
 ``dj.IMMDriftEstimator`` runs) operation by operation; ``dj.filter`` runs the same maths in
-another arrangement for a scalar state or several features (``_imm_scalar.py``,
-``_reduction.py``). Both agree with this file to ~1e-14 relative to max(1, |value|) over a
+another arrangement for a scalar state or several features (``_filters/imm_scalar.py``,
+``_filters/reduction.py``). Both agree with this file to ~1e-14 relative to max(1, |value|) over a
 few hundred steps (tests/test_reference_imm.py lists the measured differences): rounding
 differences of an ulp per step, amplified a little where the regimes' means (~50 bps/s)
 disagree and enter the mixture variance. Spec steps (1)-(5) are those of

@@ -1,4 +1,4 @@
-"""The hand-assembled adjoint of the sequential Kalman scan (``_adjoint.py``) gives the
+"""The hand-assembled adjoint of the sequential Kalman scan (``_filters/adjoint.py``) gives the
 same derivatives as JAX's own differentiation of the plain scan (``checkpoint=False``)."""
 
 import equinox as eqx

@@ -10,7 +10,11 @@ import pytest
 import statsmodels.api as sm
 
 import drift_jax as dj
-from drift_jax._synthetic import DEFAULT_FEATURE_NAMES, default_feature_cov, default_loadings
+from drift_jax._simulation.synthetic import (
+    DEFAULT_FEATURE_NAMES,
+    default_feature_cov,
+    default_loadings,
+)
 
 ALPHA, R = default_loadings(), default_feature_cov()
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import drift_jax as dj
-from drift_jax._cli import main
+from drift_jax._io.cli import main
 
 FEATURES = ["bim", "dbim", "bpg", "sweep"]
 

@@ -14,8 +14,12 @@ import pytest
 from hypothesis import given, settings
 
 import drift_jax as dj
-from drift_jax._config import tomllib  # the stdlib module, or tomli before 3.11
-from drift_jax._synthetic import DEFAULT_FEATURE_NAMES, default_feature_cov, default_loadings
+from drift_jax._io.config import tomllib  # the stdlib module, or tomli before 3.11
+from drift_jax._simulation.synthetic import (
+    DEFAULT_FEATURE_NAMES,
+    default_feature_cov,
+    default_loadings,
+)
 
 F32, F64 = np.float32, np.float64
 

@@ -189,7 +189,7 @@ def test_constraints_are_read_from_the_declarations():
         dj.IMMModel: ("transition", "init_probs", "init_mean", "init_cov"),
         Reverting: ("kappa", "sigma"),
     }
-    from drift_jax._constraints import constrained_fields
+    from drift_jax._models.constraints import constrained_fields
 
     for cls, names in declared.items():
         assert tuple(name for name, _ in constrained_fields(cls)) == names

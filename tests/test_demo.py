@@ -48,7 +48,7 @@ def test_demo_table_rows_and_numbers(report):
         assert 1.0 <= r.t50 <= r.t90 < 30.0
     for model in ("OU [mu]", "OUAccel [mu, mu_dot]"):
         joint, indep = rows[f"{model} joint"], rows[f"{model} independent"]
-        # Positively correlated features: the joint update is less confident (DESIGN.md).
+        # Positively correlated features: the joint update is less confident (docs/design.md).
         assert joint.mean_std > indep.mean_std
         # The true R explains the features better than its diagonal.
         assert joint.log_likelihood > indep.log_likelihood

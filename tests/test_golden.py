@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import drift_jax as dj
-from drift_jax._synthetic import default_feature_cov, default_loadings
+from drift_jax._io.golden import _toml_loads
+from drift_jax._simulation.synthetic import default_feature_cov, default_loadings
 
 from .reference_imm import run
 
@@ -86,7 +87,7 @@ def test_inputs_read_back_exactly(golden):
     np.testing.assert_array_equal(zs, z)  # repr floats and null <-> NaN: exact
     assert [s["dt"] for s in g["steps"]] == dt.tolist()
     assert g["num_features"] == model.num_features and g["num_steps"] == len(dt)
-    assert g["model"] == dj._golden._toml_loads(g["config_toml"])
+    assert g["model"] == _toml_loads(g["config_toml"])
     empty = [s for s in g["steps"] if all(x is None for x in s["z"])]
     assert empty and all(s["log_likelihood_step"] == 0.0 for s in empty)
 

@@ -9,7 +9,7 @@ step's ``log p(z_t | z_<t) = log sum_j cbar_j L_j`` is formed from its ``cbar`` 
 likelihood after its update (taken as ``log_likelihood`` to avoid filterpy's
 ``float_info.min`` floor; the data here never comes near it).
 
-The members' ``F`` and ``Q`` are written out here from the formulas of DESIGN.md
+The members' ``F`` and ``Q`` are written out here from the formulas of docs/design.md
 (Euler: ``F = exp(-theta dt)``, ``Q = sigma^2 dt``; extended
 ``F = [[1 - theta dt, dt], [0, 1 - theta_a dt]]``; a scalar member embedded in the
 extended state as ``F = [[a, 0], [0, 0]]``, ``Q = diag(q, 0)``), not taken from drift_jax.
@@ -53,7 +53,7 @@ def _as_numpy(res) -> types.SimpleNamespace:
 
 
 def _euler_FQ(d, dt, n):
-    """``(F, Q)`` written from DESIGN.md, embedded in a state of size ``n``."""
+    """``(F, Q)`` written from docs/design.md, embedded in a state of size ``n``."""
     th, sg = float(d.theta), float(d.sigma)
     F, Q = np.zeros((n, n)), np.zeros((n, n))
     if isinstance(d, dj.OU):

@@ -236,7 +236,7 @@ def test_gradient_finite_after_a_regime_probability_underflows(m, scalar_path):
     """An absorbing regime (Pi[1, 0] = 0) and data that favour it: P(regime 0) underflows
     to 0 within ~50 steps. The gradient stays finite (it was NaN: d(x/c)/dc = -x/c^2 with
     c^2 underflowed) and equals the gradient over the same data in float64 to the end."""
-    from drift_jax._imm import imm_filter
+    from drift_jax._filters.imm import imm_filter
 
     obs = dj.Observation.scalar(1.0) if m == 1 else dj.Observation(np.ones(4), np.eye(4))
     imm = dj.IMMModel(

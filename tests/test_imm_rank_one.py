@@ -1,5 +1,5 @@
 """Several features of a scalar drift reduced exactly to one observation per step
-(``_reduction.py``): the scalar IMM cycle fed the reduction equals the general m-feature
+(``_filters/reduction.py``): the scalar IMM cycle fed the reduction equals the general m-feature
 cycle (values, log-likelihoods, gradients), with missing features and irregular steps."""
 
 import jax
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import drift_jax as dj
-from drift_jax._imm import imm_filter
-from drift_jax._reduction import reduce_to_scalar
-from drift_jax._synthetic import default_feature_cov, default_loadings
+from drift_jax._filters.imm import imm_filter
+from drift_jax._filters.reduction import reduce_to_scalar
+from drift_jax._simulation.synthetic import default_feature_cov, default_loadings
 
 from .conftest import correlated_cov
 

@@ -155,7 +155,7 @@ def test_bad_method_objects():
         dj.Sequential(adjoint="fused")
     with pytest.raises((ValueError, TypeError), match="method"):
         dj.filter(model, ZS, dt, method=dj.FusedAdjoint())
-    from drift_jax._methods import resolve_method
+    from drift_jax._filters.methods import resolve_method
 
     with pytest.raises(ValueError, match=r"`method` must be a method object"):
         resolve_method(dj.FusedAdjoint(), model)
@@ -167,7 +167,7 @@ def test_bad_method_objects():
 
 
 def test_string_and_checkpoint_shorthands():
-    from drift_jax._methods import resolve_method
+    from drift_jax._filters.methods import resolve_method
 
     kalman, imm = MODELS["kalman-ou"][0], MODELS["imm-scalar"][0]
     assert resolve_method("sequential", kalman) == FUSED

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 import drift_jax as dj
-from drift_jax._synthetic import default_feature_cov, default_loadings
+from drift_jax._simulation.synthetic import default_feature_cov, default_loadings
 
 MIN_RATE = 0.8  # of (parameter, seed) pairs inside their 95% interval (expected 0.95)
 

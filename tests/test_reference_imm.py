@@ -25,8 +25,8 @@ P(Crisis), sigma_effective, per-step and running log-likelihood), reference vs d
 The drift variance is almost always the output with the largest difference: the
 differences start at an ulp and grow where the regimes' means (~-50 bps/s in the cascade)
 disagree, since their spread enters the mixture variance. dj.filter reduces the 4 features
-exactly to one observation per step (_reduction.py) and, for a scalar state, runs the
-scalar cycle (_imm_scalar.py); that is not the reference's m x m update, yet the gap stays
+exactly to one observation per step (_filters/reduction.py) and, for a scalar state, runs the
+scalar cycle (_filters/imm_scalar.py); that is not the reference's m x m update, yet the gap stays
 ~1e-14.
 
 A regime whose cbar is below sqrt(smallest normal) is too unlikely to mix from (both
@@ -47,8 +47,8 @@ import numpy as np
 import pytest
 
 import drift_jax as dj
-from drift_jax._presets import SEED_TRANSITION
-from drift_jax._synthetic import cascade_profile, default_feature_cov, default_loadings
+from drift_jax._models.presets import SEED_TRANSITION
+from drift_jax._simulation.synthetic import cascade_profile, default_feature_cov, default_loadings
 
 from .reference_imm import run, transition
 
@@ -301,7 +301,7 @@ def test_transition_equals_the_library(dynamics):
     OUAccel (the reference's Taylor series and JAX's Pade approximant are both within a few
     ulp of the true exponential, checked against a 60-digit Decimal evaluation).
     """
-    from drift_jax._dynamics import embedded_transition
+    from drift_jax._models.dynamics import embedded_transition
 
     regime = _config(dj.KalmanModel(dynamics, _obs(1)))["regimes"][0]
     gap = lambda a, b: np.max(np.abs(a - np.asarray(b))) / max(1.0, np.max(np.abs(a)))
@@ -405,7 +405,7 @@ def _revival():
 def test_revived_regime_reference_equals_the_general_cycle():
     """The reference keeps the tiny log-probability, as the general cycle does (the
     streaming estimator; imm_filter with scalar_path=False), and P(Crisis) goes to 1."""
-    from drift_jax._imm import imm_filter
+    from drift_jax._filters.imm import imm_filter
 
     model, zs, ref = _revival()
     assert max(_column(ref, "p_crisis")) > 0.99

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import assume, given, settings
 
 import drift_jax as dj
-from drift_jax._config import tomllib
-from drift_jax._presets import SEED_TRANSITION
-from drift_jax._synthetic import default_feature_cov, default_loadings
+from drift_jax._io.config import tomllib
+from drift_jax._models.presets import SEED_TRANSITION
+from drift_jax._simulation.synthetic import default_feature_cov, default_loadings
 
 F32, F64 = np.float32, np.float64
 

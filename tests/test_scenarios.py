@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import drift_jax as dj
-from drift_jax._synthetic import cascade_profile, default_feature_cov, default_loadings
+from drift_jax._simulation.synthetic import cascade_profile, default_feature_cov, default_loadings
 
 from .conftest import tree_allclose
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import drift_jax as dj
-from drift_jax._simulate import empirical_transition_counts
-from drift_jax._synthetic import default_feature_cov, default_loadings
+from drift_jax._simulation.simulate import empirical_transition_counts
+from drift_jax._simulation.synthetic import default_feature_cov, default_loadings
 
 from .conftest import tree_allclose
 

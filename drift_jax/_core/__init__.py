@@ -1,0 +1,1 @@
+"""_core: private sub-package of drift_jax."""

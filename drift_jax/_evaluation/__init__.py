@@ -1,0 +1,1 @@
+"""_evaluation: private sub-package of drift_jax."""

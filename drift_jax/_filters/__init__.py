@@ -1,0 +1,1 @@
+"""_filters: private sub-package of drift_jax."""

@@ -1,0 +1,1 @@
+"""_fitting: private sub-package of drift_jax."""

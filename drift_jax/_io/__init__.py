@@ -1,0 +1,1 @@
+"""_io: private sub-package of drift_jax."""

@@ -1,0 +1,1 @@
+"""_models: private sub-package of drift_jax."""

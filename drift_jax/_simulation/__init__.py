@@ -1,0 +1,1 @@
+"""_simulation: private sub-package of drift_jax."""
