@@ -1,13 +1,32 @@
-"""Argument validation in two layers.
+"""Argument validation: the one home of drift_jax's argument checks.
 
-Concrete values (the usual case: a model built from Python floats or NumPy arrays) are
-checked eagerly and raise a ``ValueError`` that names the argument, its value and what is
-allowed. Traced values (a model built inside ``jit``/``vmap``/``grad``) cannot be inspected
-in Python, so the same condition is attached to the computation with ``eqx.error_if``.
+Every public function checks its arguments with the helpers below, so an error names the
+argument, the value it got and what is allowed, in one wording everywhere:
+
+* a wrong *type* (a string where a model or a number is expected, a bool where an int is
+  expected, a float where an int is expected, ...) raises :class:`ArgumentTypeError`, a
+  ``TypeError`` that is also a ``ValueError`` (earlier versions raised ``ValueError`` for
+  these, and code written against them keeps working);
+* a value of the right type that is not allowed (``n_paths=0``, ``threshold=1.5``)
+  raises a ``ValueError``.
+
+Python settings (counts, levels, thresholds, flags, names): :func:`integer`,
+:func:`int_at_least`, :func:`positive_int`, :func:`nonnegative_int`, :func:`real`,
+:func:`finite_float`, :func:`positive_float`, :func:`nonnegative_float`,
+:func:`probability`, :func:`boolean`, :func:`one_of`, :func:`instance`,
+:func:`prng_key`.
+
+Arrays (model parameters, data): :func:`as_float_array`, :func:`check`,
+:func:`nonnegative`, :func:`positive`, :func:`scalar`. Concrete arrays (the usual case: a
+model built from Python floats or NumPy arrays) are checked eagerly. Traced values (a
+model built inside ``jit``/``vmap``/``grad``) cannot be inspected in Python, so the same
+condition is attached to the computation with ``eqx.error_if``.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable
 
 import equinox as eqx
@@ -16,15 +35,158 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError``, and a ``ValueError`` for code
+    written against earlier versions (which raised ``ValueError`` for it)."""
+
+
+def message(name: str, value, allowed: str) -> str:
+    """The one wording: "`name` must be <allowed>, got name=<value>."."""
+    return f"`{name}` must be {allowed}, got {name}={value!r}."
+
+
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+# --- Python settings ------------------------------------------------------------------------
+
+
+def _as_int(value) -> int | None:
+    """``value`` as a Python int if it is an integer (not a bool), else ``None``."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def integer(name: str, value, allowed: str, ok: Callable[[int], bool] | None = None) -> int:
+    """An int (Python or NumPy, not a bool) for which ``ok`` holds, as a Python int.
+
+    ``allowed`` completes "must be ...", e.g. "an int >= 1"."""
+    i = _as_int(value)
+    if i is None:
+        raise ArgumentTypeError(message(name, value, allowed))
+    if ok is not None and not ok(i):
+        raise ValueError(message(name, value, allowed))
+    return i
+
+
+def int_at_least(name: str, value, minimum: int, noun: str = "an int") -> int:
+    """An int ``>= minimum`` ("`name` must be an int >= minimum, ...")."""
+    return integer(name, value, f"{noun} >= {minimum}", lambda i: i >= minimum)
+
+
+def positive_int(name: str, value, noun: str = "an int") -> int:
+    """An int ``>= 1`` (a count: paths, steps, starts, a chunk size)."""
+    return int_at_least(name, value, 1, noun)
+
+
+def nonnegative_int(name: str, value, noun: str = "an int") -> int:
+    """An int ``>= 0`` (an index, a start)."""
+    return int_at_least(name, value, 0, noun)
+
+
+def _as_real(value) -> float | None:
+    """``value`` as a float if it is a real number (a scalar, not a bool), else ``None``."""
+    if value is None or isinstance(value, bool | np.bool_ | str | bytes):
+        return None
+    try:
+        if np.ndim(value) != 0:
+            return None
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x
+
+
+def real(name: str, value, allowed: str, ok: Callable[[float], bool] | None = None) -> float:
+    """A real number (Python or NumPy scalar, not a bool) for which ``ok`` holds, as a float.
+
+    ``allowed`` completes "must be ...", e.g. "in [0, 1]"."""
+    x = _as_real(value)
+    if x is None:
+        raise ArgumentTypeError(message(name, value, allowed))
+    if ok is not None and not ok(x):
+        raise ValueError(message(name, value, allowed))
+    return x
+
+
+def finite_float(name: str, value, allowed: str = "a finite number") -> float:
+    return real(name, value, allowed, math.isfinite)
+
+
+def positive_float(name: str, value, allowed: str = "a number > 0") -> float:
+    return real(name, value, allowed, lambda x: math.isfinite(x) and x > 0)
+
+
+def nonnegative_float(name: str, value, allowed: str = "a number >= 0") -> float:
+    return real(name, value, allowed, lambda x: math.isfinite(x) and x >= 0)
+
+
+def probability(name: str, value, allowed: str = "in [0, 1]") -> float:
+    return real(name, value, allowed, lambda x: 0.0 <= x <= 1.0)
+
+
+def boolean(name: str, value, allowed: str = "True or False") -> bool:
+    """``True`` or ``False`` (a Python or NumPy bool; not 0 / 1)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ArgumentTypeError(f"`{name}` must be {allowed}, got {value!r}.")
+    return bool(value)
+
+
+def one_of(name: str, value, allowed: tuple, what: str | None = None):
+    """One of the ``allowed`` choices (names); a value of another type is a type error.
+
+    ``what`` replaces "one of <allowed>" in the message, e.g. "'joint' or 'independent'"."""
+    what = f"one of {allowed}" if what is None else what
+    text = f"`{name}` must be {what}, got {value!r}."
+    types = {type(a) for a in allowed}
+    if types and not isinstance(value, tuple(types)):
+        raise ArgumentTypeError(text)
+    if value not in allowed:
+        raise ValueError(text)
+    return value
+
+
+def instance(name: str, value, types, what: str):
+    """``value`` if it is an instance of ``types``; ``what`` names the allowed kind(s),
+    e.g. "a dj.RiskModel"."""
+    if not isinstance(value, types):
+        raise ArgumentTypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
+    return value
+
+
+def prng_key(name: str, value):
+    """A JAX PRNG key: a typed key (``jax.random.key``) or a raw ``uint32[2]`` key."""
+    ok = isinstance(value, jax.Array) and (
+        jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
+        or (value.dtype == jnp.uint32 and value.shape == (2,))
+    )
+    if not ok:
+        raise ArgumentTypeError(
+            f"`{name}` must be a JAX PRNG key (jax.random.key(seed)), got {value!r}."
+        )
+    return value
+
+
+# --- arrays ---------------------------------------------------------------------------------
+
+
 def as_float_array(name: str, value, dtype=None) -> jax.Array:
     """Convert to a floating JAX array (default float dtype unless ``dtype`` is given)."""
-    if isinstance(value, str) or value is None:
-        raise ValueError(f"`{name}` must be a number or an array of numbers, got {value!r}.")
-    arr = jnp.asarray(value)
+    if isinstance(value, str | bytes) or value is None:
+        raise ArgumentTypeError(
+            f"`{name}` must be a number or an array of numbers, got {value!r}."
+        )
+    try:
+        arr = jnp.asarray(value)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"`{name}` must be a number or an array of numbers, got {type(value).__name__}."
+        ) from None
     if dtype is None:
         dtype = arr.dtype if jnp.issubdtype(arr.dtype, jnp.floating) else jnp.result_type(float)
     # An explicit dtype drops JAX's weak typing, so parameters have a definite precision.
@@ -69,12 +231,6 @@ def scalar(name: str, arr: jax.Array) -> jax.Array:
     if arr.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar, got an array of shape {arr.shape}.")
     return arr
-
-
-def one_of(name: str, value, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
-    return value
 
 
 def _fmt(x: np.ndarray) -> str:

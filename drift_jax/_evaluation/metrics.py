@@ -14,8 +14,6 @@ add chunks of paths and get the pooled numbers exactly.
 
 from __future__ import annotations
 
-import operator
-
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Real
@@ -51,7 +49,7 @@ def regime_path(name: str, value) -> Array:
     """An integer path of regime indices."""
     arr = _time_axis(name, jnp.asarray(value))
     if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             f"`{name}` must be an integer array of regime indices, got dtype {arr.dtype}."
         )
     return arr
@@ -60,7 +58,7 @@ def regime_path(name: str, value) -> Array:
 def mask(name: str, value) -> Array:
     arr = jnp.asarray(value)
     if arr.dtype != jnp.bool_:
-        raise ValueError(f"`{name}` must be a boolean mask, got dtype {arr.dtype}.")
+        raise v.ArgumentTypeError(f"`{name}` must be a boolean mask, got dtype {arr.dtype}.")
     return arr
 
 
@@ -87,26 +85,19 @@ def index(name: str, value) -> int | Array:
     """A regime index: a Python int ``>= 0`` (or a traced integer, not checked)."""
     if v.is_traced(value):
         return value
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        i = operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be an int >= 0, got {name}={value!r}.") from None
-    if i < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, got {name}={value!r}.")
-    return i
+    return v.nonnegative_int(name, value)
 
 
 def bounded(name: str, value, ok, allowed: str) -> Array:
     """A scalar setting (Python number or traced scalar) that satisfies ``ok``."""
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be {allowed}, got {name}={value!r}.")
+    if not v.is_traced(value):
+        v.real(name, value, allowed)  # the type: a real scalar, not a bool / str / array
     arr = v.scalar(name, v.as_float_array(name, value))
+    # Under jit even a Python number's check is staged out (omnistaging): a tracer.
     if v.is_traced(arr):
         return v.check(name, arr, ok, allowed)
     if not bool(ok(arr)):
-        raise ValueError(f"`{name}` must be {allowed}, got {name}={value!r}.")
+        raise ValueError(v.message(name, value, allowed))
     return arr
 
 
@@ -161,10 +152,7 @@ def squared_error_sums(
         >>> sums.tolist(), counts.tolist()
         ([1.0, 20.0], [1, 2])
     """
-    if isinstance(num_regimes, bool) or not isinstance(num_regimes, int | np.integer):
-        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
-    if num_regimes < 1:
-        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
+    num_regimes = v.positive_int("num_regimes", num_regimes)
     err, ok = _errors(estimate, truth, None)
     reg = regime_path("regimes", regimes)
     reg = v.check(
@@ -408,10 +396,7 @@ def transition_counts(regimes: RegimesLike, num_regimes: int) -> Int[Array, "M M
         >>> dj.metrics.transition_counts([[0, 0, 1, 1], [1, 0, 0, 0]], 2).tolist()
         [[3, 1], [1, 1]]
     """
-    if isinstance(num_regimes, bool) or not isinstance(num_regimes, int | np.integer):
-        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
-    if num_regimes < 1:
-        raise ValueError(f"`num_regimes` must be an int >= 1, got num_regimes={num_regimes!r}.")
+    num_regimes = v.positive_int("num_regimes", num_regimes)
     M = int(num_regimes)
     reg = v.check(
         "regimes",

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._core import validate as v
 from .._core.inputs import prepare_dt, prepare_observations
 from .._filters.filter import run_filter
 from .._filters.methods import DirectAdjoint, Sequential, method_name, resolve_method
@@ -82,7 +83,12 @@ def _check_estimators(estimators, num_features: int, method) -> dict:
     """``{name: (model, feature indices or None, method)}`` after checking every entry."""
     if isinstance(estimators, AbstractDriftModel):
         estimators = {type(estimators).__name__: estimators}
-    if not isinstance(estimators, dict) or not estimators:
+    if not isinstance(estimators, dict):
+        raise v.ArgumentTypeError(
+            "`estimators` must be a model or a non-empty dict name -> dj.KalmanModel / "
+            f"dj.IMMModel (or (model, feature indices)), got {type(estimators).__name__}."
+        )
+    if not estimators:
         raise ValueError(
             "`estimators` must be a model or a non-empty dict name -> dj.KalmanModel / "
             f"dj.IMMModel (or (model, feature indices)), got {type(estimators).__name__}."
@@ -91,7 +97,7 @@ def _check_estimators(estimators, num_features: int, method) -> dict:
     for name, spec in estimators.items():
         model, idx = spec if isinstance(spec, tuple) and len(spec) == 2 else (spec, None)
         if not isinstance(model, AbstractDriftModel):
-            raise ValueError(
+            raise v.ArgumentTypeError(
                 f"`estimators[{name!r}]` must be a dj.KalmanModel or dj.IMMModel (a "
                 "dj.AbstractDriftModel), or a pair (model, feature indices); got "
                 f"{type(spec).__name__}."
@@ -113,7 +119,7 @@ def _check_estimators(estimators, num_features: int, method) -> dict:
         try:
             resolved = resolve_method(method, model)
         except ValueError as err:
-            raise ValueError(f"`estimators[{name!r}]`: {err}") from None
+            raise type(err)(f"`estimators[{name!r}]`: {err}") from None
         out[name] = (model, idx, resolved)
     return out
 
@@ -185,14 +191,13 @@ def _source(paths, key, n_paths):
                 "with a simulator as `paths` (dj.simulator / dj.scenarios.simulator), pass "
                 "`key` and `n_paths` (paths are generated chunk by chunk)."
             )
-        if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 1:
-            raise ValueError(f"`n_paths` must be an int >= 1, got n_paths={n_paths!r}.")
-        return (lambda s, c: paths.sample(key, s, c, devices=1)), int(n_paths)
+        n_paths = v.positive_int("n_paths", n_paths)
+        return (lambda s, c: paths.sample(key, s, c, devices=1)), n_paths
     if callable(paths):
         if n_paths is None:
             raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
-        return paths, int(n_paths)
-    raise ValueError(
+        return paths, v.positive_int("n_paths", n_paths)
+    raise v.ArgumentTypeError(
         "`paths` must be dj.Paths, a simulator (with `key`, `n_paths`) or a callable "
         f"(start, count) -> dj.Paths; got {type(paths).__name__}."
     )
@@ -257,10 +262,8 @@ def monte_carlo(
     import pandas as pd
 
     sample, total = _source(paths, key, n_paths)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be an int >= 1, got chunk_size={chunk_size!r}.")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"`threshold` must be in [0, 1], got threshold={threshold!r}.")
+    chunk_size = v.positive_int("chunk_size", chunk_size)
+    threshold = v.probability("threshold", threshold)
     devs = resolve_devices(devices)
     starts = list(range(0, total, chunk_size))
     padded = padded_size(min(chunk_size, total), len(devs))

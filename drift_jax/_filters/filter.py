@@ -7,7 +7,7 @@ import jax
 
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.types import DtLike, ObsLike
-from .._models.model import check_model
+from .._models.model import AbstractFilterResult, check_model
 from .methods import SEQUENTIAL, AbstractFilterMethod, forward_mode_error, resolve_method
 
 
@@ -18,7 +18,7 @@ def filter(
     *,
     method: AbstractFilterMethod | str = SEQUENTIAL,
     checkpoint: bool | None = None,
-):
+) -> AbstractFilterResult:
     """Filter a series of feature observations with a drift model.
 
     Arguments:

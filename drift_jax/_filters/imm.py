@@ -99,12 +99,12 @@ def stationary_distribution(transition) -> np.ndarray:
         [0.0, 1.0]
     """
     if isinstance(transition, str) or transition is None:
-        raise ValueError(f"`transition` must be a matrix of numbers, got {transition!r}.")
+        raise v.ArgumentTypeError(f"`transition` must be a matrix of numbers, got {transition!r}.")
     try:
         raw = np.asarray(transition)
         P = raw.astype(np.float64)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             f"`transition` must be a matrix of numbers, got {type(transition).__name__}."
         ) from None
     if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] == 0:
@@ -209,10 +209,7 @@ class IMMModel(AbstractDriftModel):
         if not dynamics:
             raise ValueError("`dynamics` must hold at least one regime's dynamics, got none.")
         for k, d in enumerate(dynamics):
-            if not isinstance(d, AbstractDynamics):
-                raise ValueError(
-                    f"`dynamics[{k}]` must be dj.OU or dj.OUAccel, got {type(d).__name__}."
-                )
+            v.instance(f"dynamics[{k}]", d, AbstractDynamics, "dj.OU or dj.OUAccel")
         sizes = [d.state_dim for d in dynamics]
         if len(set(sizes)) > 1 and not embed:
             raise ValueError(
@@ -220,10 +217,7 @@ class IMMModel(AbstractDriftModel):
                 "scalar members into the extended state (mu_dot reset to 0), or use members of "
                 "one size."
             )
-        if not isinstance(observation, Observation):
-            raise ValueError(
-                f"`observation` must be a dj.Observation, got {type(observation).__name__}."
-            )
+        v.instance("observation", observation, Observation, "a dj.Observation")
         M = len(dynamics)
         dtype = dynamics[0].dtype
         tol = 1e-9 if dtype == jnp.float64 else 1e-5
@@ -258,9 +252,12 @@ class IMMModel(AbstractDriftModel):
                     f"`crisis_regime` must be one of {names} or an index, got {crisis_regime!r}."
                 )
             crisis_regime = names.index(crisis_regime)
-        if not 0 <= int(crisis_regime) < M:
-            raise ValueError(f"`crisis_regime` must be in [0, {M}), got {crisis_regime}.")
-        self.crisis_index = int(crisis_regime)
+        self.crisis_index = v.integer(
+            "crisis_regime",
+            crisis_regime,
+            f"a name in {names} or an index in [0, {M})",
+            lambda i: 0 <= i < M,
+        )
 
     # --- dj.AbstractDriftModel ---------------------------------------------------------------
 

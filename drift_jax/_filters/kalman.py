@@ -72,14 +72,8 @@ class KalmanModel(AbstractDriftModel):
     init_cov: StateMatrix = eqx.field(metadata={CONSTRAINT: PositiveDefinite()})
 
     def __init__(self, dynamics, observation, init_mean=0.0, init_cov=1.0):
-        if not isinstance(dynamics, AbstractDynamics):
-            raise ValueError(
-                f"`dynamics` must be dj.OU or dj.OUAccel, got {type(dynamics).__name__}."
-            )
-        if not isinstance(observation, Observation):
-            raise ValueError(
-                f"`observation` must be a dj.Observation, got {type(observation).__name__}."
-            )
+        v.instance("dynamics", dynamics, AbstractDynamics, "dj.OU or dj.OUAccel")
+        v.instance("observation", observation, Observation, "a dj.Observation")
         self.dynamics = dynamics
         self.observation = observation
         self.init_mean, self.init_cov = initial_moments(

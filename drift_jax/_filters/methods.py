@@ -40,6 +40,8 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 
+from .._core import validate as v
+
 __all__ = [
     "AbstractAdjoint",
     "AbstractFilterMethod",
@@ -202,7 +204,7 @@ class Sequential(AbstractFilterMethod):
 
     def __check_init__(self):
         if self.adjoint is not None and not isinstance(self.adjoint, AbstractAdjoint):
-            raise ValueError(
+            raise v.ArgumentTypeError(
                 "`adjoint` must be None (the model's default), dj.FusedAdjoint(), "
                 f"dj.CheckpointAdjoint() or dj.DirectAdjoint(), got {self.adjoint!r}."
             )
@@ -285,13 +287,12 @@ def resolve_method(method, model, checkpoint: bool | None = None) -> AbstractFil
             )
         method = _STRINGS[method]()
     elif not isinstance(method, AbstractFilterMethod):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             "`method` must be a method object, dj.Sequential(adjoint=...) or "
             f"dj.Associative(), or one of the strings 'sequential', 'parallel'; got {method!r}."
         )
     if checkpoint is not None:
-        if not isinstance(checkpoint, bool):
-            raise ValueError(f"`checkpoint` must be True, False or None, got {checkpoint!r}.")
+        v.boolean("checkpoint", checkpoint, "True, False or None")
         if isinstance(method, Sequential):
             if method.adjoint is not None:
                 raise ValueError(

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._core import validate as v
 from .._core.types import Array, Float, Int, Scalar
 from .._models.model import AbstractDriftModel
 from .._models.risk import is_crisis as _is_crisis, sigma_effective as _sigma_effective
@@ -26,7 +27,14 @@ from .kalman import KalmanModel, KalmanState
 
 
 def _as_dt(dt) -> np.ndarray:
-    arr = np.asarray(dt, dtype=np.float64)
+    try:
+        if dt is None or isinstance(dt, bool | np.bool_ | str | bytes):
+            raise TypeError
+        arr = np.asarray(dt, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise v.ArgumentTypeError(
+            f"`dt` must be a scalar step length in seconds (a number), got dt={dt!r}."
+        ) from None
     if arr.ndim != 0:
         raise ValueError(f"`dt` must be a scalar step length in seconds, got shape {arr.shape}.")
     if not (np.isfinite(arr) and arr > 0):
@@ -59,8 +67,7 @@ def _vector_observation(z_vec, h_vec, r_mat, state_dim: int, update: str):
             f"`r_mat` must have shape [{k}, {k}] to match `h_vec` of size {k}, "
             f"got shape {R.shape}."
         )
-    if update not in ("joint", "independent"):
-        raise ValueError(f"`update` must be 'joint' or 'independent', got {update!r}.")
+    v.one_of("update", update, ("joint", "independent"), "'joint' or 'independent'")
     if not np.all(np.isfinite(h)):
         raise ValueError(f"`h_vec` must be finite, got {h.tolist()}.")
     try:
@@ -242,8 +249,7 @@ class KalmanDriftEstimator(_Estimator):
 
     def __init__(self, model: KalmanModel, state=None, log_likelihood=0.0, num_updates=0):
         # The estimator's class fixes the model class (and the state it carries).
-        if not isinstance(model, KalmanModel):
-            raise ValueError(f"`model` must be a dj.KalmanModel, got {type(model).__name__}.")
+        v.instance("model", model, KalmanModel, "a dj.KalmanModel")
         self.model = model
         self.state = model.initial_state() if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
@@ -284,8 +290,7 @@ class IMMDriftEstimator(_Estimator):
 
     def __init__(self, model: IMMModel, state=None, log_likelihood=0.0, num_updates=0):
         # The estimator's class fixes the model class (and the state it carries).
-        if not isinstance(model, IMMModel):
-            raise ValueError(f"`model` must be a dj.IMMModel, got {type(model).__name__}.")
+        v.instance("model", model, IMMModel, "a dj.IMMModel")
         self.model = model
         self.state = model.initial_state() if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)

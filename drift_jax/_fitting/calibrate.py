@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .._core import exact_arithmetic as xa
+from .._core import exact_arithmetic as xa, validate as v
 from .._core.optional import optional_pandas
 from .._core.types import ArrayLike, Float
 from .._io.feature_table import check_values, load_calibration_data
@@ -207,10 +207,8 @@ def calibrate_observation(
         >>> list(cal.summary().index)
         ['bim', 'bpg']
     """
-    if not isinstance(intercept, bool):
-        raise ValueError(f"`intercept` must be True or False, got {intercept!r}.")
-    if isinstance(min_rows, bool) or not isinstance(min_rows, int | np.integer) or min_rows < 2:
-        raise ValueError(f"`min_rows` must be an int >= 2, got min_rows={min_rows!r}.")
+    intercept = v.boolean("intercept", intercept)
+    min_rows = v.int_at_least("min_rows", min_rows, 2)
     rho = _shrinkage_setting(shrinkage)
     Z, y, names, target_name = load_calibration_data(
         features, target, columns, target_column, time_column, price_column, horizon
@@ -221,13 +219,7 @@ def calibrate_observation(
 def _shrinkage_setting(shrinkage) -> float | str | None:
     if shrinkage is None or shrinkage == "ledoit-wolf":
         return shrinkage
-    ok = isinstance(shrinkage, int | float | np.floating) and not isinstance(shrinkage, bool)
-    if not ok or not 0.0 <= float(shrinkage) <= 1.0:
-        raise ValueError(
-            "`shrinkage` must be None, 'ledoit-wolf' or an intensity in [0, 1], "
-            f"got shrinkage={shrinkage!r}."
-        )
-    return float(shrinkage)
+    return v.probability("shrinkage", shrinkage, "None, 'ledoit-wolf' or an intensity in [0, 1]")
 
 
 def _fit(Z, y, names, target_name, shrinkage, intercept, update, min_rows) -> Calibration:

@@ -196,12 +196,6 @@ def trainable_coordinates(params: FitParams, trainable, with_returns: bool):
     return mask, raw
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {name}={value!r}.")
-    return int(value)
-
-
 def _prepare_data(model, zs, dt, returns, batched: bool) -> _Data:
     dtype, m = model.dtype, model.num_features
     if not batched:
@@ -319,10 +313,10 @@ def _drive(
             "P(Crisis)), so they need a starting `risk=dj.RiskModel(sigma_base, "
             "crisis_amplifier)`; got risk=None."
         )
-    steps = _positive_int("steps", steps)
-    steps_per_call = _positive_int("steps_per_call", steps_per_call)
-    n_starts = _positive_int("n_starts", n_starts)
-    patience = _positive_int("patience", patience)
+    steps = v.positive_int("steps", steps, "an integer")
+    steps_per_call = v.positive_int("steps_per_call", steps_per_call, "an integer")
+    n_starts = v.positive_int("n_starts", n_starts, "an integer")
+    patience = v.positive_int("patience", patience, "an integer")
     dtype = model.dtype
     rtol = v.scalar("rtol", v.nonnegative("rtol", rtol, dtype))
     init_scale = float(v.scalar("init_scale", v.nonnegative("init_scale", init_scale)))
@@ -330,7 +324,7 @@ def _drive(
     check_prior(prior)
     optimizer = _default_optimizer() if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             f"`optimizer` must be an optax.GradientTransformation (e.g. optax.adam(1e-2)), "
             f"got {optimizer!r}."
         )
@@ -434,8 +428,8 @@ def fit(
     patience=5,
     steps_per_call=50,
     checkpoint=None,
-    resume=False,
-    progress=True,
+    resume: bool = False,
+    progress: bool = True,
     method=SEQUENTIAL,
 ) -> FitResult:
     """Fit a drift model (and its return risk) to one series by gradient descent.

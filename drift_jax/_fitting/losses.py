@@ -43,11 +43,9 @@ def _check_model(model):
 def _check_risk(risk):
     from .._models.risk import RiskModel
 
-    if not isinstance(risk, RiskModel):
-        raise ValueError(
-            f"`risk` must be a dj.RiskModel (sigma_base, crisis_amplifier) to score returns, "
-            f"got {type(risk).__name__}."
-        )
+    v.instance(
+        "risk", risk, RiskModel, "a dj.RiskModel (sigma_base, crisis_amplifier) to score returns"
+    )
 
 
 def prepare_returns(returns, num_steps: int, dtype) -> Float[Array, " T"]:
@@ -227,7 +225,7 @@ def check_weights(feature_weight, return_weight, dtype) -> Float[Array, "2"]:
 
 def check_prior(prior) -> None:
     if prior is not None and not callable(prior):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             f"`prior` must be None or a callable (model, risk) -> log prior density, "
             f"got {prior!r}."
         )
@@ -251,7 +249,7 @@ def _require_imm(model):
     # The prior is on IMMModel's `transition` field itself (a learnable Pi), which only
     # that model kind has: the one class check that stays.
     if not isinstance(model, IMMModel):
-        raise ValueError(
+        raise v.ArgumentTypeError(
             f"a Dirichlet prior on `Pi` needs a dj.IMMModel, got {type(model).__name__}."
         )
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._core import validate as v
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.optional import optional_pandas
 from .._filters.methods import SEQUENTIAL, method_name, resolve_method
@@ -204,23 +205,22 @@ def _split_fitted(fitted, risk):
 
 
 def _check_level(level) -> float:
-    ok = isinstance(level, (int, float, np.floating)) and not isinstance(level, bool)
-    if not ok or not 0.0 < float(level) < 1.0:
-        raise ValueError(
-            f"`level` must be a confidence level strictly between 0 and 1 (e.g. 0.95), "
-            f"got level={level!r}."
-        )
-    return float(level)
+    return v.real(
+        "level",
+        level,
+        "a confidence level strictly between 0 and 1 (e.g. 0.95)",
+        lambda x: 0.0 < x < 1.0,
+    )
 
 
 def _check_rcond(rcond) -> float:
-    ok = isinstance(rcond, (int, float, np.floating)) and not isinstance(rcond, bool)
-    if not ok or not (math.isfinite(float(rcond)) and 0.0 <= float(rcond) < 1.0):
-        raise ValueError(
-            f"`rcond` must be a number in [0, 1) (the relative eigenvalue below which a "
-            f"Hessian direction counts as flat), got rcond={rcond!r}."
-        )
-    return float(rcond)
+    return v.real(
+        "rcond",
+        rcond,
+        "a number in [0, 1) (the relative eigenvalue below which a Hessian direction "
+        "counts as flat)",
+        lambda x: 0.0 <= x < 1.0,
+    )
 
 
 def standard_errors(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._core import exact_arithmetic as xa
+from .._core import exact_arithmetic as xa, validate as v
 from .._filters.imm import IMMModel
 from .._filters.kalman import KalmanModel
 from .._models.constraints import constrained_fields, field_constraint
@@ -194,8 +194,7 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         lines.append(f"threshold = {_float(risk.threshold)}")
     text = "\n".join(lines) + "\n"
     if metadata:
-        if not isinstance(metadata, dict):
-            raise ValueError(f"`metadata` must be a dict, got {type(metadata).__name__}.")
+        v.instance("metadata", metadata, dict, "a dict")
         try:
             text += "\n" + _tomli_w().dumps({"metadata": metadata})
         except (TypeError, ValueError) as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Real
 
+from .._core import validate as v
 from .._core.optional import optional_pandas
 from .._core.types import ArrayLike, Float
 
@@ -94,13 +95,7 @@ def realised_drift(
 
 
 def _positive_seconds(horizon) -> float:
-    try:
-        h = float(horizon)
-    except (TypeError, ValueError):
-        h = float("nan")
-    if isinstance(horizon, bool) or not np.isfinite(h) or h <= 0:
-        raise ValueError(f"`horizon` must be a number of seconds > 0, got horizon={horizon!r}.")
-    return h
+    return v.positive_float("horizon", horizon, "a number of seconds > 0")
 
 
 def check_increasing(label: str, t: np.ndarray, shown) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._core import validate as v
 from .._models.model import check_model
 from .._models.risk import RiskModel
 from .config import config_to_toml
@@ -107,10 +108,10 @@ def golden_vectors(
     from .. import __version__
     from .._filters.filter import filter as run_filter
 
-    check_model(model, TypeError)
-    risk = RiskModel() if risk is None else risk
-    if not isinstance(risk, RiskModel):
-        raise TypeError(f"`risk` must be a dj.RiskModel or None, got {type(risk).__name__}.")
+    check_model(model)
+    risk = v.instance(
+        "risk", RiskModel() if risk is None else risk, RiskModel, "a dj.RiskModel or None"
+    )
     z = np.asarray(zs, dtype=np.float64)
     z = z[:, None] if z.ndim == 1 else z
     res = run_filter(model, z, dt)

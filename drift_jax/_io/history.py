@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._core import validate as v
 from .._core.optional import optional_pandas
 from .feature_table import _numeric, _seconds, check_increasing, read_table
 
@@ -181,11 +182,11 @@ def read_history(
         rule = f"dt[0] = t[1] - t[0] = {dt[0]:.6g} s (the first gap)"
     else:
         try:
-            value = float(first_dt)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if isinstance(first_dt, bool) or not np.isfinite(value) or value <= 0:
-            fail(f"`first_dt` must be a number of seconds > 0, got first_dt={first_dt!r}.")
+            value = v.positive_float("first_dt", first_dt, "a number of seconds > 0")
+        except v.ArgumentTypeError:
+            raise
+        except ValueError as err:
+            fail(str(err))
         dt[0] = value
         rule = f"dt[0] = {value:.6g} s (given)"
     return History(
@@ -204,7 +205,7 @@ def _table(history) -> tuple[str, pd.DataFrame]:
     if isinstance(history, pd.DataFrame):
         return "<DataFrame>", history
     if not isinstance(history, str | os.PathLike):
-        raise TypeError(
+        raise v.ArgumentTypeError(
             "`history` must be a CSV / Parquet path or a pandas.DataFrame, got "
             f"{type(history).__name__}."
         )

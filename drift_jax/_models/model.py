@@ -20,6 +20,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from equinox import AbstractClassVar, AbstractVar
 
+from .._core import validate as v
 from .._core.types import Array, Float, Scalar
 from .dynamics import AbstractDynamics, embedded_transition, stacked_transitions
 from .observation import Observation
@@ -201,10 +202,12 @@ class AbstractFilterResult(eqx.Module):
         return _sigma_effective(sigma, self.p_crisis, crisis_amplifier)
 
 
-def check_model(model, error: type[Exception] = ValueError, name: str = "model") -> None:
-    """Raise ``error`` naming the argument unless ``model`` is a drift model."""
-    if not isinstance(model, AbstractDriftModel):
-        raise error(
-            f"`{name}` must be a dj.KalmanModel or dj.IMMModel (a dj.AbstractDriftModel), "
-            f"got {type(model).__name__}."
-        )
+def check_model(model, name: str = "model") -> None:
+    """Raise a ``TypeError`` (``ArgumentTypeError``) naming the argument unless ``model``
+    is a drift model."""
+    v.instance(
+        name,
+        model,
+        AbstractDriftModel,
+        "a dj.KalmanModel or dj.IMMModel (a dj.AbstractDriftModel)",
+    )

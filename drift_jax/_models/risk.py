@@ -36,8 +36,7 @@ def sigma_effective(
 
 def is_crisis(p_crisis: Float[ArrayLike, "..."], threshold: float = 0.3) -> Bool[Array, "..."]:
     """``P(Crisis) > threshold`` (the specification's alert, default threshold 0.3)."""
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"`threshold` must be in [0, 1], got threshold={threshold!r}.")
+    threshold = v.probability("threshold", threshold)
     return jnp.asarray(p_crisis) > threshold
 
 
@@ -71,9 +70,7 @@ class RiskModel(eqx.Module):
         self.crisis_amplifier = v.scalar(
             "crisis_amplifier", v.nonnegative("crisis_amplifier", crisis_amplifier)
         )
-        if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"`threshold` must be in [0, 1], got threshold={threshold!r}.")
-        self.threshold = float(threshold)
+        self.threshold = v.probability("threshold", threshold)
 
     def sigma_effective(self, p_crisis: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
         """``sigma_base * (1 + crisis_amplifier * p_crisis)``."""

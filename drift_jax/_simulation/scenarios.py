@@ -34,14 +34,13 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._core import validate as v
 from .._core.types import Array, Float
 from .._models.observation import Observation
 from .._models.presets import REGIME_NAMES
 from .sharding import sample_in_chunks
-from .simulate import Paths, _positive_int
+from .simulate import Paths
 from .synthetic import default_feature_cov, default_loadings
 
 _QUIET, _TRENDING, _CRISIS = (REGIME_NAMES.index(n) for n in ("Quiet", "Trending", "Crisis"))
@@ -221,7 +220,7 @@ class ScenarioSimulator(eqx.Module):
         ``chunk_size`` bounds how many paths are generated at once; ``devices`` (default:
         all) splits each chunk across devices. Neither changes the numbers.
         """
-        key = _check_key(key)
+        key = v.prng_key("key", key)
         parts = sample_in_chunks(
             lambda ids: _sample_paths(self, key, ids), start, count, chunk_size, devices
         )
@@ -296,17 +295,6 @@ def _sample_one(sim: ScenarioSimulator, key):
 # --- building and checking ------------------------------------------------------------------
 
 
-def _number(name: str, value, what: str) -> float:
-    bad = isinstance(value, bool | str) or value is None or np.ndim(value) != 0
-    try:
-        x = float(value) if not bad else math.nan
-    except (TypeError, ValueError):
-        bad = True
-    if bad:
-        raise ValueError(f"`{name}` must be {what}, got {name}={value!r}.")
-    return x
-
-
 def _float_dtype(dtype):
     if dtype is None:
         return jnp.result_type(float)
@@ -319,23 +307,13 @@ def _float_dtype(dtype):
     return dt
 
 
-def _check_key(key):
-    ok = isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape == (2,))
-    )
-    if not ok:
-        raise ValueError(f"`key` must be a JAX PRNG key (jax.random.key(seed)), got {key!r}.")
-    return key
-
-
 def _shape_param(name: str, value, allowed: str, ok) -> tuple[float, float]:
     """``(low, high)`` of a shape parameter given as a number or a ``(low, high)`` range."""
     what = "a number or a (low, high) tuple"
     if isinstance(value, tuple | list):
         if len(value) != 2:
             raise ValueError(f"`{name}` must be {what}, got {name}={value!r}.")
-        low, high = (_number(name, x, what) for x in value)
+        low, high = (v.real(name, x, what) for x in value)
         if not (ok(low) and ok(high)):
             raise ValueError(f"`{name}` bounds must be {allowed}, got {name}={value!r}.")
         if low > high:
@@ -343,7 +321,7 @@ def _shape_param(name: str, value, allowed: str, ok) -> tuple[float, float]:
                 f"`{name}` must be a (low, high) range with low <= high, got {name}={value!r}."
             )
         return low, high
-    x = _number(name, value, what)
+    x = v.real(name, value, what)
     if not ok(x):
         raise ValueError(f"`{name}` must be {allowed}, got {name}={value!r}.")
     return x, x
@@ -396,7 +374,7 @@ def simulator(
             f"its parameters are {sorted(defaults)}."
         )
     params = {**defaults, **params}
-    T = _positive_int("n_steps", _LENGTHS[name] if n_steps is None else n_steps)
+    T = v.positive_int("n_steps", _LENGTHS[name] if n_steps is None else n_steps)
     dtype = _float_dtype(dtype)
     dt_arr = v.positive("dt", dt, dtype)
     if dt_arr.ndim not in (0, 1) or (dt_arr.ndim == 1 and dt_arr.shape != (T,)):
@@ -405,10 +383,7 @@ def simulator(
         )
     if observation is None:
         observation = Observation(default_loadings(), default_feature_cov())
-    if not isinstance(observation, Observation):
-        raise ValueError(
-            f"`observation` must be a dj.Observation, got {type(observation).__name__}."
-        )
+    v.instance("observation", observation, Observation, "a dj.Observation")
     m = observation.num_features
     ranges = [_shape_param(p, params[p], *_PARAMS[name][p]) for p in _PARAMS[name]]
     low, high = (jnp.asarray([r[j] for r in ranges], dtype) for j in (0, 1))
@@ -429,14 +404,12 @@ def simulator(
     feature = params.get("outlier_feature")
     if feature is None:
         feature = -1
-    elif (
-        isinstance(feature, bool)
-        or not isinstance(feature, int | np.integer)
-        or not (0 <= feature < m)
-    ):
-        raise ValueError(
-            f"`outlier_feature` must be None (every feature) or a feature index in "
-            f"[0, {m}), got outlier_feature={feature!r}."
+    else:
+        feature = v.integer(
+            "outlier_feature",
+            feature,
+            f"None (every feature) or a feature index in [0, {m})",
+            lambda i: 0 <= i < m,
         )
     return ScenarioSimulator(
         name,

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._core import validate as v
+
 
 def resolve_devices(devices) -> list:
     """``None`` -> every device of the default backend; an int -> that many; else a list."""
@@ -66,12 +68,6 @@ def unpad(tree, count: int):
     return jax.tree.map(lambda x: x[:count], tree)
 
 
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {name}={value!r}.")
-    return int(value)
-
-
 def sample_in_chunks(sample, start, count, chunk_size, devices) -> list:
     """Outputs of ``sample(path_ids)`` for paths ``start .. start + count - 1``, at most
     ``chunk_size`` per call, each call's ids split across ``devices`` (padding removed).
@@ -80,9 +76,9 @@ def sample_in_chunks(sample, start, count, chunk_size, devices) -> list:
     leading path axis; every path depends only on its index, so the chunk size and the
     device count do not change the numbers.
     """
-    count = _count("n_paths", count, 1)
-    start = _count("start", start, 0)
-    chunk = count if chunk_size is None else _count("chunk_size", chunk_size, 1)
+    count = v.positive_int("n_paths", count)
+    start = v.nonnegative_int("start", start)
+    chunk = count if chunk_size is None else v.positive_int("chunk_size", chunk_size)
     devs = resolve_devices(devices)
     parts = []
     for lo in range(0, count, chunk):

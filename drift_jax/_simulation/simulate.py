@@ -149,6 +149,7 @@ class PathSimulator(eqx.Module):
         ``chunk_size`` bounds how many paths are generated at once (the result is still
         joined in memory); ``devices`` (default: all) splits each chunk across devices.
         """
+        key = v.prng_key("key", key)
         parts = sample_in_chunks(
             lambda ids: _sample_paths(self, key, ids), start, count, chunk_size, devices
         )
@@ -254,12 +255,6 @@ def _sample_one(sim: PathSimulator, key):
     return regimes.astype(jnp.int32), drift, rate, features, returns, dts
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {name}={value!r}.")
-    return int(value)
-
-
 def _per_regime(name: str, value, M: int, dtype, allowed: str, ok) -> Array:
     arr = v.as_float_array(name, value, dtype)
     if arr.ndim == 0:
@@ -286,7 +281,7 @@ def simulator(
 ) -> PathSimulator:
     """The generative specification of ``dj.simulate`` (arguments as there), unsampled."""
     check_model(model)
-    T = _positive_int("n_steps", n_steps)
+    T = v.positive_int("n_steps", n_steps)
     v.one_of("sampling", sampling, _SAMPLING)
     dtype = model.dtype
     M = model.num_regimes
