@@ -150,6 +150,13 @@ class _Estimator(eqx.Module):
     log_likelihood: eqx.AbstractVar[Scalar]
     num_updates: eqx.AbstractVar[Int[Array, ""]]
 
+    def _start(self, model, state, log_likelihood, num_updates) -> None:
+        """Set the fields (from ``__init__``): the model's initial state unless given."""
+        self.model = model
+        self.state = model.initial_state() if state is None else state
+        self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
+        self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
+
     @_host_method
     def update_observation(self, z, dt):
         """One cycle: (IMM: mix,) predict over ``dt`` seconds, update with the model's
@@ -250,10 +257,7 @@ class KalmanDriftEstimator(_Estimator):
     def __init__(self, model: KalmanModel, state=None, log_likelihood=0.0, num_updates=0):
         # The estimator's class fixes the model class (and the state it carries).
         v.instance("model", model, KalmanModel, "a dj.KalmanModel")
-        self.model = model
-        self.state = model.initial_state() if state is None else state
-        self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
-        self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
+        self._start(model, state, log_likelihood, num_updates)
 
     @_host_method
     def drift_acceleration(self) -> Scalar:
@@ -291,10 +295,7 @@ class IMMDriftEstimator(_Estimator):
     def __init__(self, model: IMMModel, state=None, log_likelihood=0.0, num_updates=0):
         # The estimator's class fixes the model class (and the state it carries).
         v.instance("model", model, IMMModel, "a dj.IMMModel")
-        self.model = model
-        self.state = model.initial_state() if state is None else state
-        self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
-        self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
+        self._start(model, state, log_likelihood, num_updates)
 
     @_host_method
     def model_drifts(self) -> Float[Array, " M"]:
