@@ -150,8 +150,8 @@ class _Toy(dj.AbstractDriftModel):
     def default_adjoint(self):
         return dj.DirectAdjoint()
 
-    def sequential_filter(self, zs, dt, adjoint):
-        return self.inner.sequential_filter(zs, dt, adjoint)
+    def filter_from(self, state, zs, dt, adjoint):
+        return self.inner.filter_from(state, zs, dt, adjoint)
 
     def initial_state(self):
         return self.inner.initial_state()

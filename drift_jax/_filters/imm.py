@@ -284,8 +284,8 @@ class IMMModel(AbstractDriftModel):
     def default_adjoint(self) -> CheckpointAdjoint:
         return CheckpointAdjoint()
 
-    def sequential_filter(self, zs, dt, adjoint) -> IMMResult:
-        return _imm_scan(self, zs, dt, adjoint, True)
+    def filter_from(self, state, zs, dt, adjoint) -> tuple[IMMResult, IMMState]:
+        return _imm_scan(self, zs, dt, adjoint, True, state)
 
     def initial_state(self) -> IMMState:
         return initial_state(self)
@@ -495,28 +495,31 @@ def imm_filter(
     zs = prepare_observations(zs, model.num_features, dtype)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     adjoint = model.default_adjoint() if adjoint is None else adjoint
-    return _imm_scan(model, zs, dt, adjoint, scalar_path)
+    return _imm_scan(model, zs, dt, adjoint, scalar_path)[0]
 
 
 # Compiled once per model structure, adjoint and shapes (as the Kalman filter's scan).
 @eqx.filter_jit
-def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool) -> IMMResult:
+def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None):
+    """The sequential IMM filter on checked inputs from ``init`` (an ``IMMState``;
+    ``None``: the prior): ``(IMMResult, IMMState after the last step)``."""
     M, n = model.num_regimes, model.state_dim
     if n == 1 and scalar_path:
         # The same cycle written for scalars: ~2x faster batched, ~3x in reverse mode.
         from .imm_scalar import scalar_imm_filter
 
-        return scalar_imm_filter(model, zs, dt, adjoint)
+        return scalar_imm_filter(model, zs, dt, adjoint, init)
     H, R = model.observation.matrices(n, model.dtype)
     obs = step_observations(H, R, model.observation.update, zs, reduce=scalar_path)
     update = obs.update
     # Every array a step reads that is not per step is an explicit parameter (a
     # hand-written adjoint differentiates only its explicit inputs); the rest is per step.
-    params, xs = {"Pi": model.transition, "H": obs.H}, {"z": obs.zs}
+    params, xs = {"H": obs.H}, {"z": obs.zs}
     if obs.R is None:
         xs["R"] = obs.Rs
     else:
         params["R"] = obs.R
+    regime_transitions(model, dt, params, xs)
     Fs, Qs = model.transitions(dt) if dt.ndim == 0 else model.stacked_transitions(dt)
     (params if dt.ndim == 0 else xs).update(F=Fs, Q=Qs)
 
@@ -538,14 +541,23 @@ def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool) -> IMMResult:
         )
         return carry, outs
 
-    init = _unstack(initial_state(model), M)
-    _, outs = adjoint.scan(step, params, init, xs)
+    init = _unstack(initial_state(model) if init is None else init, M)
+    last, outs = adjoint.scan(step, params, init, xs)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
     if obs.log_g is not None:
         lls = lls + obs.log_g
-    return IMMResult(
+    result = IMMResult(
         jnp.sum(lls), lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index
     )
+    return result, _stack(last)
+
+
+def regime_transitions(model, dt, params: dict, xs: dict) -> None:
+    """Put the regime chain's ``Pi`` where the scan reads it: one matrix for every step
+    (``params["Pi"]``) or, for continuous-time regimes with a ``dt`` per step, one per step
+    (``xs["Pi"]`` ``[T, M, M]``); ``model.transition_matrices`` decides."""
+    Pi = model.transition_matrices(dt)
+    (xs if Pi.ndim == 3 else params)["Pi"] = Pi
 
 
 def imm_cycle(model: IMMModel, state: IMMState, z, dt, observation=None):
@@ -554,7 +566,7 @@ def imm_cycle(model: IMMModel, state: IMMState, z, dt, observation=None):
     The scalar cycle for a scalar state, the general one otherwise, with several features
     reduced to one exactly as the filter does. Returns ``(new state, log p(z | past))``.
     """
-    n, M, Pi = model.state_dim, model.num_regimes, model.transition
+    n, M, Pi = model.state_dim, model.num_regimes, model.transition_matrix(dt)
     if observation is None:
         H, R = model.observation.matrices(n, model.dtype)
         update = model.observation.update

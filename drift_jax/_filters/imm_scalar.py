@@ -41,7 +41,15 @@ import jax.numpy as jnp
 
 from .._core.types import Array
 from .._models.observation import mask_missing
-from .imm import IMMResult, IMMState, combine, initial_state, step_observations
+from .imm import (
+    IMMResult,
+    IMMState,
+    _safe_log,
+    combine,
+    initial_state,
+    regime_transitions,
+    step_observations,
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # sqrt of the smallest normal number, by item size (float32, float64).
@@ -150,8 +158,9 @@ def scalar_cycle(
     return (*out, log_probs)
 
 
-def scalar_imm_filter(model, zs: Array, dt: Array, adjoint) -> IMMResult:
-    """``imm_filter`` for ``state_dim == 1``; ``zs`` ``[T, m]``, ``dt`` checked by the caller.
+def scalar_imm_filter(model, zs: Array, dt: Array, adjoint, init: IMMState | None = None):
+    """``imm_filter`` for ``state_dim == 1``; ``zs`` ``[T, m]``, ``dt`` checked by the caller;
+    from ``init`` (``None``: the prior). Returns ``(IMMResult, IMMState after the last step)``.
 
     With ``m > 1`` features the observations are first reduced, exactly, to one scalar
     observation per step with its own noise variance (``_filters/reduction.py``); the filter's
@@ -162,11 +171,12 @@ def scalar_imm_filter(model, zs: Array, dt: Array, adjoint) -> IMMResult:
     obs = step_observations(H, R, model.observation.update, zs, reduce=True)
     # Every array a step reads that is not per step is an explicit parameter (a
     # hand-written adjoint differentiates only its explicit inputs); the rest is per step.
-    params, xs = {"Pi": model.transition, "h": obs.H[0, 0]}, {"z": obs.zs[:, 0]}
+    params, xs = {"h": obs.H[0, 0]}, {"z": obs.zs[:, 0]}
     if obs.R is None:
         xs["r"] = obs.Rs[:, 0, 0]
     else:
         params["r"] = obs.R[0, 0]
+    regime_transitions(model, dt, params, xs)
     if dt.ndim == 0:
         Fs, Qs = model.transitions(dt)
         params.update(a=[F[0, 0] for F in Fs], q=[Q[0, 0] for Q in Qs])
@@ -193,17 +203,23 @@ def scalar_imm_filter(model, zs: Array, dt: Array, adjoint) -> IMMResult:
         return (state, _kahan_add(total, ll)), outs
 
     zero = jnp.zeros((), model.dtype)
-    _, means0, variances0 = to_scalar(initial_state(model))
-    # The prior's probabilities themselves, not exp(log p) of the state: exact, and a zero
-    # probability keeps its own derivative.
-    probs0 = [model.init_probs[j] for j in range(M)]
-    init = ((probs0, means0, variances0), (zero, zero))
-    (_, (total, _)), outs = adjoint.scan(step, params, init, xs)
+    if init is None:
+        _, means0, variances0 = to_scalar(initial_state(model))
+        # The prior's probabilities themselves, not exp(log p) of the state: exact, and a
+        # zero probability keeps its own derivative.
+        probs0 = [model.init_probs[j] for j in range(M)]
+    else:
+        probs0, means0, variances0 = to_scalar(init)
+    carry0 = ((probs0, means0, variances0), (zero, zero))
+    ((w, m, var), (total, _)), outs = adjoint.scan(step, params, carry0, xs)
     lls, probs, pred_probs, means, covs, mmeans, mcovs = outs
     if obs.log_g is not None:
         lls = lls + obs.log_g
         total = total + jnp.sum(obs.log_g)
-    return IMMResult(total, lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index)
+    result = IMMResult(
+        total, lls, probs, pred_probs, means, covs, mmeans, mcovs, model.crisis_index
+    )
+    return result, from_scalar([_safe_log(x) for x in w], m, var)
 
 
 def _kahan_add(total: tuple, x):

@@ -112,8 +112,8 @@ class KalmanModel(AbstractDriftModel):
         # The backward loop is one fused kernel per step: ~2x the forward instead of ~40x.
         return FusedAdjoint()
 
-    def sequential_filter(self, zs, dt, adjoint) -> KalmanResult:
-        return _sequential_scan(self, zs, dt, adjoint)
+    def filter_from(self, state, zs, dt, adjoint) -> tuple[KalmanResult, KalmanState]:
+        return _sequential_scan(self, zs, dt, adjoint, state)
 
     def associative_filter(self, zs, dt) -> KalmanResult:
         return _parallel_scan(self, zs, dt)
@@ -197,8 +197,9 @@ def kalman_step(state: KalmanState, F, Q, z, H, R, update: str):
 # Compiled once per model structure, method and shapes: called eagerly, a scan over a fresh
 # closure would recompile on every call (~1 s each), not just on the first.
 @eqx.filter_jit
-def _sequential_scan(model: KalmanModel, zs, dt, adjoint) -> KalmanResult:
-    """The sequential filter (``dj.Sequential(adjoint)``) on checked inputs."""
+def _sequential_scan(model: KalmanModel, zs, dt, adjoint, init=None):
+    """The sequential filter (``dj.Sequential(adjoint)``) on checked inputs, from ``init``
+    (``None``: the prior): ``(result, state after the last step)``."""
     H, R = model.observation.matrices(model.state_dim, model.dtype)
     update = model.observation.update
     # Everything a step reads that is not per step is an explicit parameter: a hand-written
@@ -214,9 +215,10 @@ def _sequential_scan(model: KalmanModel, zs, dt, adjoint) -> KalmanResult:
         state, (ll, pm, pP, innov) = kalman_step(state, F, Q, z, H_, R_, update)
         return state, (ll, state.mean, state.cov, pm, pP, innov)
 
-    _, outs = adjoint.scan(step, params, model.initial_state(), xs)
+    init = model.initial_state() if init is None else init
+    last, outs = adjoint.scan(step, params, init, xs)
     lls, means, covs, pms, pPs, innovs = outs
-    return KalmanResult(jnp.sum(lls), lls, means, covs, pms, pPs, innovs)
+    return KalmanResult(jnp.sum(lls), lls, means, covs, pms, pPs, innovs), last
 
 
 # --- Parallel-in-time filter (Särkkä & García-Fernández 2021, IEEE TAC 66(1)) -------------

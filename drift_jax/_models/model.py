@@ -17,6 +17,7 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from equinox import AbstractClassVar, AbstractVar
 
@@ -91,6 +92,20 @@ class AbstractDriftModel(eqx.Module):
         (``[[1.0]]`` for a single model; ``dt`` is for continuous-time regimes)."""
 
     @property
+    def transition_depends_on_dt(self) -> bool:
+        """Whether ``transition_matrix(dt)`` changes with ``dt`` (continuous-time regimes);
+        ``False``: one matrix per cycle, whatever the step length."""
+        return False
+
+    def transition_matrices(self, dt) -> Float[Array, "*T M M"]:
+        """``transition_matrix`` for a scalar ``dt`` (``[M, M]``) or each step of ``dt``
+        ``[T]`` (``[T, M, M]``; one ``[M, M]`` when it does not depend on ``dt``): what the
+        filter's scan reads."""
+        if jnp.ndim(dt) == 0 or not self.transition_depends_on_dt:
+            return self.transition_matrix(dt if jnp.ndim(dt) == 0 else None)
+        return jax.vmap(self.transition_matrix)(dt)
+
+    @property
     @abc.abstractmethod
     def initial_regime_probs(self) -> Float[Array, " M"]:
         """Regime probabilities before the first step (``[1.0]`` for a single model)."""
@@ -119,10 +134,17 @@ class AbstractDriftModel(eqx.Module):
     def default_adjoint(self):
         """The reverse pass ``dj.Sequential()`` uses for this model (a ``dj.*Adjoint``)."""
 
-    @abc.abstractmethod
     def sequential_filter(self, zs, dt, adjoint) -> "AbstractFilterResult":
         """The sequential filter on checked inputs: ``zs`` ``[T, m]`` in the model's dtype,
         ``dt`` a scalar or ``[T]``; ``adjoint`` a ``dj.*Adjoint`` (``dj.filter`` calls it)."""
+        return self.filter_from(None, zs, dt, adjoint)[0]
+
+    @abc.abstractmethod
+    def filter_from(self, state, zs, dt, adjoint) -> tuple["AbstractFilterResult", object]:
+        """The sequential filter started from ``state`` (a state of ``initial_state``'s
+        type; ``None``: the model's prior before the first step, exactly): ``(result,
+        state after the last step)``. What ``dj.Chunked`` runs on each chunk; the result's
+        ``log_likelihood`` is the sum over these steps only."""
 
     def associative_filter(self, zs, dt) -> "AbstractFilterResult":
         """The parallel-in-time filter (``dj.Associative()``), where the model has one."""
