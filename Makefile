@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m drift_jax.demo
 	$(BIN)/python experiments/monte_carlo_regimes.py --quick --out demo_output/monte_carlo
+	$(BIN)/python experiments/market_making.py --quick --out demo_output/market_making
 
 test: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)

@@ -4,6 +4,8 @@ Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine; on a CPU it runs too (
 ``--quick``). Prints one markdown table and writes it to ``--out`` if given.
 
 Measured:
+- the scalar seed IMM, one series of ``T = 1e6`` steps, ``dj.Sequential()`` vs
+  ``dj.Chunked()`` forward and ``value_and_grad``, float32 and float64 (issue 11);
 - Kalman, one series of ``T`` steps (scalar OU), sequential (``lax.scan``) vs parallel
   (associative scan) forward and ``value_and_grad``, float32 and float64;
 - batched IMM (3 scalar regimes, ``dj.seed_imm``), ``B`` paths x ``T`` steps through
@@ -32,6 +34,7 @@ jax.config.update("jax_enable_x64", True)  # both precisions available; models p
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 import drift_jax as dj  # noqa: E402
 
@@ -88,6 +91,26 @@ def imm_rows(B, T, dtype, with_grad=True):
     return [(f"IMM B={B:.0e} T={T}", jnp.dtype(dtype).name, B * T / tf, tf, ratio)]
 
 
+def long_rows(T, dtype):
+    """One long series of the scalar seed IMM (issue 11): sequential vs chunked."""
+    zs = (2.0 * jax.random.normal(jax.random.key(3), (T,))).astype(dtype)
+    imm = dj.seed_imm(dj.Observation.scalar(jnp.asarray(4.0, dtype)), dtype=dtype)
+    rows = []
+    for name, method in (("sequential", dj.Sequential()), ("chunked", dj.Chunked())):
+        fwd = jax.jit(lambda m, method=method: dj.filter(m, zs, 0.5, method=method).log_likelihood)
+        vg = eqx.filter_jit(
+            eqx.filter_value_and_grad(
+                lambda m, method=method: dj.filter(m, zs, 0.5, method=method).log_likelihood
+            )
+        )
+        tf = best_time(fwd, imm)
+        tg = best_time(vg, imm)
+        rows.append(
+            (f"IMM one series {name} T={T:.0e}", jnp.dtype(dtype).name, T / tf, tf, tg / tf)
+        )
+    return rows
+
+
 def mc_rows(B, T, dtype):
     """Simulate + filter throughput (path-steps/s) for both benchmarked IMMs."""
     import sys
@@ -129,8 +152,11 @@ def fit_rows(N, T, steps, dtype):
             0.5,
             returns=paths.returns,
             risk=risk,
+            optimizer=optax.adam(1e-2),  # a fixed number of steps: a throughput figure
+            stages="joint",
             steps=steps,
             rtol=0,
+            gtol=0,
             progress=False,
             steps_per_call=steps,
         )
@@ -170,6 +196,7 @@ def main():
         rows += kalman_rows(T_kalman, dtype)
         for B, T, grad in imm_sizes:
             rows += imm_rows(B, T, dtype, grad)
+        rows += long_rows(20_000 if args.quick else 1_000_000, dtype)
         print(f"done {jnp.dtype(dtype).name}", flush=True)
     mc_B, mc_T = (1024, 100) if args.quick else (1_000_000, 200)
     rows += mc_rows(mc_B, mc_T, jnp.float32)

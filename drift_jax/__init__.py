@@ -4,13 +4,16 @@ See README.md and docs/design.md. Public names are re-exported here; implementat
 private modules.
 """
 
-from . import metrics as metrics, scenarios as scenarios
+from . import market_making as market_making, metrics as metrics, scenarios as scenarios
+from ._core.inputs import check_finite as check_finite
+from ._core.validate import DataWarning as DataWarning
 from ._evaluation.montecarlo import (
     MonteCarloReport as MonteCarloReport,
     monte_carlo as monte_carlo,
 )
 from ._filters.exact import ExactResult as ExactResult, exact_posterior as exact_posterior
 from ._filters.filter import filter as filter
+from ._filters.forecast import Forecast as Forecast, forecast as forecast
 from ._filters.imm import (
     IMMModel as IMMModel,
     IMMResult as IMMResult,
@@ -27,13 +30,18 @@ from ._filters.methods import (
     AbstractFilterMethod as AbstractFilterMethod,
     Associative as Associative,
     CheckpointAdjoint as CheckpointAdjoint,
+    Chunked as Chunked,
     DirectAdjoint as DirectAdjoint,
     FusedAdjoint as FusedAdjoint,
     Sequential as Sequential,
 )
+from ._filters.smoother import SmoothResult as SmoothResult, smooth as smooth
 from ._filters.streaming import (
     IMMDriftEstimator as IMMDriftEstimator,
     KalmanDriftEstimator as KalmanDriftEstimator,
+    StepOutputs as StepOutputs,
+    StreamingStep as StreamingStep,
+    streaming_step as streaming_step,
 )
 from ._fitting.calibrate import (
     Calibration as Calibration,
@@ -81,6 +89,7 @@ from ._io.history import (
 )
 from ._models.constraints import (
     AbstractConstraint as AbstractConstraint,
+    Generator as Generator,
     LowerCholesky as LowerCholesky,
     NonNegative as NonNegative,
     Positive as Positive,
@@ -99,11 +108,17 @@ from ._models.model import (
     AbstractFilterResult as AbstractFilterResult,
 )
 from ._models.observation import Observation as Observation
+from ._models.robust import AbstractRobust as AbstractRobust, Huber as Huber, StudentT as StudentT
 from ._models.presets import (
     REGIME_NAMES as REGIME_NAMES,
     SEED_REGIMES as SEED_REGIMES,
     SEED_TRANSITION as SEED_TRANSITION,
     seed_imm as seed_imm,
+)
+from ._models.rates import rates_from_transition as rates_from_transition
+from ._models.returns import (
+    AbstractReturnModel as AbstractReturnModel,
+    RegimeReturnModel as RegimeReturnModel,
 )
 from ._models.risk import (
     RiskModel as RiskModel,
@@ -116,6 +131,7 @@ from ._simulation.simulate import (
     simulate as simulate,
     simulator as simulator,
 )
+from ._simulation.synthetic import default_observation as default_observation
 
 
 def _package_version() -> str:

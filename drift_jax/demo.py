@@ -13,7 +13,8 @@ each with the joint vector update and with independent scalar updates; then the
 specification's 3-regime IMM (``dj.seed_imm``) against the single OU filter. It prints
 tables (RMSE against the true drift, time to reach 50% / 90% of the drop, mean posterior
 std, coverage of the +-2 std band, log-likelihood; for the IMM also the crisis alarm's
-latency and false-alarm share) and writes ``demo_kalman.png`` and ``demo_imm.png``.
+latency and false-alarm share, and where ``dj.smooth`` places the crisis onset in
+hindsight) and writes ``demo_kalman.png`` and ``demo_imm.png``.
 
 The demo is a list of sections (``SECTIONS``); each takes the data and the output folder
 and returns a ``SectionReport``.
@@ -275,6 +276,13 @@ def crisis_alarm(p_crisis: np.ndarray, data: CascadeSeries) -> tuple[float, floa
     return latency, float(np.mean(alarm[before]))
 
 
+def crisis_onset(p_crisis: np.ndarray, data: CascadeSeries, level: float = 0.5) -> float:
+    """The first time (s) from 5 s before the cascade start on at which ``P(Crisis)``
+    exceeds ``level``: where a filter (or, in hindsight, the smoother) places the onset."""
+    idx = np.flatnonzero((data.t >= data.cascade_start - 5.0) & (p_crisis > level))
+    return float(data.t[idx[0]]) if idx.size else math.nan
+
+
 def section_imm(data: CascadeSeries, out_dir: Path) -> SectionReport:
     """IMM (Quiet / Trending / Crisis) against the single OU filter on the cascade."""
     results = {
@@ -295,8 +303,17 @@ def section_imm(data: CascadeSeries, out_dir: Path) -> SectionReport:
                 f"{name}: P(Crisis) > {CRISIS_THRESHOLD} after {_num(latency, 0)} s; "
                 f"before the cascade above it on {100 * false_alarms:.1f}% of steps"
             )
+    # In hindsight (dj.smooth, Kim's smoother): where the crisis started, from all the data.
+    name = "IMM [mu] (seed_imm)"
+    smoothed = dj.smooth(imm_models(data)[name], data.features, data.dt)
+    onset_f = crisis_onset(np.asarray(smoothed.filtered.p_crisis), data)
+    onset_s = crisis_onset(np.asarray(smoothed.p_crisis), data)
+    lines.append(
+        f"{name} in hindsight (dj.smooth): P(Crisis) > 0.5 from t = {_num(onset_s, 0)} s "
+        f"(filtered: {_num(onset_f, 0)} s; the fall starts at {data.cascade_start:g} s)"
+    )
     figure = out_dir / "demo_imm.png"
-    plot_imm(data, runs, results, figure)
+    plot_imm(data, runs, results, figure, smoothed_p_crisis=np.asarray(smoothed.p_crisis))
     return SectionReport(
         title="IMM (seed_imm: Quiet / Trending / Crisis) vs the single OU filter, joint update",
         rows=rows,
@@ -305,8 +322,15 @@ def section_imm(data: CascadeSeries, out_dir: Path) -> SectionReport:
     )
 
 
-def plot_imm(data: CascadeSeries, runs: Sequence[FilterRun], results: dict, path: Path) -> None:
-    """Drift estimates, regime probabilities and sigma_effective through the cascade."""
+def plot_imm(
+    data: CascadeSeries,
+    runs: Sequence[FilterRun],
+    results: dict,
+    path: Path,
+    smoothed_p_crisis: np.ndarray | None = None,
+) -> None:
+    """Drift estimates, regime probabilities (and, if given, the smoothed P(Crisis)) and
+    sigma_effective through the cascade."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -332,6 +356,9 @@ def plot_imm(data: CascadeSeries, runs: Sequence[FilterRun], results: dict, path
     ax.stackplot(t, probs.T[::-1], labels=names[::-1], alpha=0.8,
                  colors=("tab:red", "tab:orange", "tab:green"))  # fmt: skip
     ax.axhline(CRISIS_THRESHOLD, color="black", ls="--", lw=0.8, label="crisis threshold")
+    if smoothed_p_crisis is not None:
+        label = "P(Crisis) in hindsight (dj.smooth)"
+        ax.plot(t, smoothed_p_crisis, color="black", lw=1.2, label=label)
     ax.set_ylim(0, 1)
     ax.set_ylabel("regime probability")
     ax.set_title("IMM [mu] regime probabilities (stacked, Crisis at the bottom)")

@@ -17,6 +17,7 @@ cascade's drift script in NumPy, for composing moves (notebook 02's reversal).
 from ._simulation.scenarios import (
     SCENARIOS as SCENARIOS,
     ScenarioSimulator as ScenarioSimulator,
+    cascade_on_background as cascade_on_background,
     chop as chop,
     false_alarm as false_alarm,
     liquidation_cascade as liquidation_cascade,

@@ -165,26 +165,42 @@ def test_initial_mean_wrong_shape():
 # --- the series -----------------------------------------------------------------------------
 
 
-def test_dt_zero():
-    with pytest.raises(ValueError, match=r"`dt` must be finite and > 0 \(seconds\); got dt=0\.0"):
-        dj.filter(_model(), np.ones(4), 0.0)
+def test_dt_zero_is_an_update_without_prediction():
+    # equal timestamps (issue 15): dt = 0 is allowed; tests/test_tick_feeds.py checks it
+    # equals the stacked vector update. A negative dt stays an error.
+    res = dj.filter(_model(), np.ones(4), 0.0)
+    assert np.all(np.isfinite(np.asarray(res.drift))) and float(res.log_likelihood) < 0
+    with pytest.raises(
+        ValueError,
+        match=r"`dt` must be finite and >= 0 "
+        r"\(seconds; .*\); got dt=-0\.5",
+    ):
+        dj.filter(_model(), np.ones(4), -0.5)
 
 
 def test_dt_negative_in_series():
     with pytest.raises(
-        ValueError, match=r"`dt` must be finite and > 0 \(seconds\); got dt=.*\(bad: \[-0\.1\]\)"
+        ValueError,
+        match=r"`dt` must be finite and >= 0 "
+        r"\(seconds; .*\); got dt=.*\(bad: \[-0\.1\]\)",
     ):
         dj.filter(_model(), np.ones(4), np.array([0.1, 0.2, -0.1, 0.3]))
 
 
 def test_dt_nan():
-    with pytest.raises(ValueError, match=r"`dt` must be finite and > 0 \(seconds\); got dt=nan"):
+    with pytest.raises(
+        ValueError,
+        match=r"`dt` must be finite and >= 0 "
+        r"\(seconds; .*\); got dt=nan",
+    ):
         dj.filter(_model(), np.ones(4), np.nan)
 
 
 def test_dt_infinite():
     with pytest.raises(
-        ValueError, match=r"`dt` must be finite and > 0 \(seconds\); got dt=.*\(bad: \[inf\]\)"
+        ValueError,
+        match=r"`dt` must be finite and >= 0 "
+        r"\(seconds; .*\); got dt=.*\(bad: \[inf\]\)",
     ):
         dj.filter(_model(), np.ones(3), np.array([0.1, np.inf, 0.2]))
 
@@ -232,7 +248,7 @@ def test_empty_series():
 
 def test_unknown_filter_method():
     with pytest.raises(
-        ValueError, match=r"`method` must be 'sequential' or 'parallel', got 'fast'"
+        ValueError, match=r"`method` must be 'sequential', 'parallel' or 'chunked', got 'fast'"
     ):
         dj.filter(_model(), np.ones(3), 0.1, method="fast")
 
@@ -255,9 +271,9 @@ def test_traced_negative_theta_under_jit():
         jax.jit(_traced_loglik)(-0.1, 0.1, np.ones(3)).block_until_ready()
 
 
-def test_traced_nonpositive_dt_under_filter_jit():
-    with pytest.raises(eqx.EquinoxRuntimeError, match=r"`dt` must be finite and > 0"):
-        eqx.filter_jit(_traced_loglik)(0.1, np.array([0.1, 0.0, 0.1]), np.ones(3))
+def test_traced_negative_dt_under_filter_jit():
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"`dt` must be finite and >= 0"):
+        eqx.filter_jit(_traced_loglik)(0.1, np.array([0.1, -0.1, 0.1]), np.ones(3))
 
 
 def test_traced_infinite_observation_under_jit():

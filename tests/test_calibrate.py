@@ -185,13 +185,18 @@ def test_ledoit_wolf_makes_a_singular_covariance_usable():
 def test_realised_drift_by_hand():
     t = [0.0, 1.0, 2.0, 3.0, 4.0]
     p = [100.0, 101.0, 102.0, np.nan, 100.0]
-    y = dj.realised_drift(t, p, 2.0)
+    y = dj.realised_drift(t, p, 2.0, per="horizon")
     # row 1: p(3) is missing, so p as of t = 3 is p(2) = 102: 1e4 (102 / 101 - 1) / 2.
     expected = [100.0, 1e4 * (102 / 101 - 1) / 2, 1e4 * (100 / 102 - 1) / 2, np.nan, np.nan]
     np.testing.assert_allclose(y, expected, rtol=1e-13)
+    # The default divides by the time the return covers (issue 15): row 1's is 1 s.
+    expected[1] = 1e4 * (102 / 101 - 1) / 1
+    np.testing.assert_allclose(dj.realised_drift(t, p, 2.0), expected, rtol=1e-13)
     # Irregular stamps: from t = 0.5 no price is observed in (0.5, 1.5], so no proxy.
-    y = dj.realised_drift([0.0, 0.5, 2.5, 3.0], [100.0, 110.0, 120.0, 130.0], 1.0)
+    y = dj.realised_drift([0.0, 0.5, 2.5, 3.0], [100.0, 110.0, 120.0, 130.0], 1.0, per="horizon")
     np.testing.assert_allclose(y, [1e4 * 0.1, np.nan, np.nan, np.nan])
+    y = dj.realised_drift([0.0, 0.5, 2.5, 3.0], [100.0, 110.0, 120.0, 130.0], 1.0)
+    np.testing.assert_allclose(y, [1e4 * 0.1 / 0.5, np.nan, np.nan, np.nan])
     # A 0.1 s grid built by multiplication: t + 0.3 must land on the stamp 3 rows later.
     t = 0.1 * np.arange(10)
     p = 100.0 + np.arange(10.0)

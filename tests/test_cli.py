@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optax
 import pandas as pd
 import pytest
 
@@ -103,7 +104,7 @@ def test_fit_equals_the_api(pipeline):
     h = dj.read_history(d / "history.csv", columns=FEATURES, price_column="price")
     res = dj.fit(
         start.model, h.features, h.dt, returns=h.returns, risk=start.risk, steps=15,
-        progress=False,
+        optimizer=optax.adam(1e-2), progress=False,  # the CLI's --optimizer adam default
     )  # fmt: skip
     got = dj.load_config(d / "fitted.toml")
     for a, b in zip(res.model.dynamics, got.model.dynamics, strict=True):
@@ -222,11 +223,20 @@ def test_missing_time_column(tmp_path, capsys, config_path):
 
 
 def test_non_increasing_time(tmp_path, capsys, config_path):
+    # equal timestamps are dt = 0 steps by default (issue 15); --equal-times error rejects
+    # them as before, and a time that goes back is an error either way
     df = make_history(T=50)
     df.loc[17, "time"] = df.loc[16, "time"]
     path = _write(tmp_path, df)
-    err = _run_bad(capsys, ["golden", str(config_path), path, "-o", str(tmp_path / "g.json")])
+    argv = ["golden", str(config_path), path, "-o", str(tmp_path / "g.json")]
+    err = _run_bad(capsys, argv + ["--equal-times", "error"])
     assert path in err and "strictly increasing; row 17" in err and "row 16" in err
+    assert main(argv) == 0
+    assert "equal timestamps: 1 step(s) of dt = 0" in capsys.readouterr().out
+    df.loc[17, "time"] = df.loc[16, "time"] - 0.01
+    path = _write(tmp_path, df, "back.csv")
+    err = _run_bad(capsys, ["golden", str(config_path), path, "-o", str(tmp_path / "g.json")])
+    assert path in err and "must not decrease" in err and "row 17" in err and "row 16" in err
 
 
 def test_non_numeric_column(tmp_path, capsys, config_path):

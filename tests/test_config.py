@@ -6,6 +6,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+import equinox as eqx
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,12 @@ MODELS = {
 }
 
 
+def _named(model, names):
+    """``model`` with its observation's ``feature_names`` set (a static field)."""
+    obs = model.observation.with_feature_names(names)
+    return eqx.tree_at(lambda m: m.observation, model, obs)
+
+
 def assert_same_model(a, b):
     """Same tree structure and static fields; every leaf bitwise equal with the same dtype."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -90,7 +97,9 @@ def test_round_trip_is_bit_exact(name, dtype, tmp_path):
     )
     cfg = dj.load_config(path)
     assert type(cfg.model) is type(model)
-    assert_same_model(cfg.model, model)
+    # the config's feature names become the loaded model's (issue 15): the same model, named
+    assert cfg.model.observation.feature_names == DEFAULT_FEATURE_NAMES
+    assert_same_model(cfg.model, _named(model, DEFAULT_FEATURE_NAMES))
     assert_same_model(cfg.risk, risk)
     assert cfg.risk.threshold == 0.35
     assert cfg.feature_names == DEFAULT_FEATURE_NAMES
@@ -204,7 +213,7 @@ def test_hand_written_file_loads(tmp_path):
     path = tmp_path / "prod.toml"
     path.write_text(HAND_WRITTEN)
     cfg = dj.load_config(path)
-    obs = dj.Observation([1.0, 0.8], [[4.0, 2.8], [2.8, 4.0]])
+    obs = dj.Observation([1.0, 0.8], [[4.0, 2.8], [2.8, 4.0]], feature_names=["bim", "dbim"])
     expected = dj.seed_imm(obs, init_probs=[0.5, 0.3, 0.2], dtype=F64)
     assert_same_model(cfg.model, expected)
     assert cfg.model.dtype == F64 and cfg.model.crisis_index == 2
@@ -259,7 +268,7 @@ def test_readme_config_block_loads():
     # Bit for bit is legitimate: the seed's init_probs (the exact stationary distribution)
     # and the Cholesky factor of cov are specified to the bit on every machine (README,
     # "Reproducibility"), so the README's numbers are the code's on any CPU / BLAS.
-    assert_same_model(cfg.model, README_MODEL["model"]())
+    assert_same_model(cfg.model, _named(README_MODEL["model"](), ("bim", "dbim")))
     assert cfg.feature_names == ("bim", "dbim") and float(cfg.risk.crisis_amplifier) == 2.0
     assert cfg.metadata == README_MODEL["metadata"]
 

@@ -186,7 +186,7 @@ def test_constraints_are_read_from_the_declarations():
         dj.RiskModel: ("sigma_base", "crisis_amplifier"),
         dj.Observation: ("loadings", "cov_chol"),
         dj.KalmanModel: ("init_mean", "init_cov"),
-        dj.IMMModel: ("transition", "init_probs", "init_mean", "init_cov"),
+        dj.IMMModel: ("transition", "rates", "init_probs", "init_mean", "init_cov"),
         Reverting: ("kappa", "sigma"),
     }
     from drift_jax._models.constraints import constrained_fields
@@ -195,6 +195,7 @@ def test_constraints_are_read_from_the_declarations():
         assert tuple(name for name, _ in constrained_fields(cls)) == names
     kinds = dict(constrained_fields(dj.IMMModel))
     assert kinds["transition"] == dj.SimplexRows() and kinds["init_probs"] == dj.Simplex()
+    assert kinds["rates"] == dj.Generator()
     assert dict(constrained_fields(dj.Observation))["cov_chol"] == dj.LowerCholesky("cov")
 
 

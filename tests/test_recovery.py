@@ -92,7 +92,6 @@ def test_kalman_recovery():
 
 DT_IMM = 0.5
 # Adam with a decaying step: fast at first, then fine enough for a Newton step of < 1 SE.
-ADAM_DECAY = optax.adam(optax.exponential_decay(0.05, 50, 0.5, end_value=1e-3))
 
 
 def _tril(R):
@@ -128,8 +127,6 @@ def _imm_case(S, seed):
         zs,
         DT_IMM,
         trainable=trainable,
-        optimizer=ADAM_DECAY,
-        steps=600,
         progress=False,
     )
     true = {f"dynamics[{k}].sigma": s for k, s in enumerate(sigmas)} | _tril(R)
@@ -197,8 +194,7 @@ def _return_risk_case(S, seed):
         returns=returns,
         risk=dj.RiskModel(1.5 * sigma_base, 1.5 * amp),
         trainable=trainable,
-        optimizer=ADAM_DECAY,
-        steps=600,
+        stages="joint",  # the filter is held at the truth: only the return model is fitted
         progress=False,
     )
     rec = _recovery(
@@ -215,3 +211,46 @@ def test_return_risk_recovery():
     # Measured: 10 of 10 here; over 24 other seeds (key 200) 46 of 48 = 0.958, largest
     # |z| 2.84.
     _check(*_return_risk_case(5, 4), "return risk")
+
+
+# --- (d) the transition matrix --------------------------------------------------------------
+
+
+def _transition_case(S, seed):
+    # Two regimes whose drifts move at very different speeds, seen through one feature,
+    # with switches frequent enough that every entry of Pi is informed (about 100 switches
+    # per path): the fit trains Pi (one free logit per row) and both sigmas; theta, R and
+    # the prior are held at the truth.
+    T = 3000
+    Pi = np.array([[0.97, 0.03], [0.05, 0.95]])
+    truth = dj.IMMModel(
+        (dj.OU(0.2, 0.3), dj.OU(0.05, 3.0)),
+        dj.Observation.scalar(0.5),
+        Pi,
+        regime_names=("Quiet", "Crisis"),
+    )
+    zs = dj.simulate(truth, jax.random.key(seed), S, T, DT_IMM).features
+    start = eqx.tree_at(
+        lambda m: (m.dynamics[0].sigma, m.dynamics[1].sigma, m.transition),
+        truth,
+        (jnp.asarray(0.45), jnp.asarray(2.0), jnp.asarray([[0.9, 0.1], [0.15, 0.85]])),
+    )
+
+    def trainable(p):
+        return (p.model.dynamics[0].sigma, p.model.dynamics[1].sigma, p.model.transition)
+
+    res = dj.fit_batch(start, zs, DT_IMM, trainable=trainable, progress=False)
+    true = {"dynamics[0].sigma": 0.3, "dynamics[1].sigma": 3.0} | {
+        f"transition[{i},{j}]": Pi[i, j] for i in range(2) for j in range(2)
+    }
+    rec = _recovery(
+        res,
+        true,
+        lambda fitted, i: dj.standard_errors(fitted, zs[i], DT_IMM, trainable=trainable),
+    )
+    return res, rec
+
+
+def test_transition_recovery():
+    # Pi included: each row's two entries have one standard error (they sum to 1).
+    _check(*_transition_case(4, 5), "transition")

@@ -53,8 +53,12 @@ def test_cascade_script_profile_rate_and_labels():
     assert rate[_at(30.5)] == -25.0 and rate[_at(40.0)] == 0.0 and rate[_at(60.0)] == 5.0
     assert rate[_at(20.0)] == 0.0 and rate[_at(70.0)] == 0.0
     labels = np.asarray(paths.regimes[0])
-    expected = np.where(t < 30, Q, np.where(t < 52, C, np.where(t < 62, TR, Q)))
+    # Crisis: the steps (t_prev, t] that overlap the fall [30, 32]; Trending: hold, recovery.
+    t_prev = np.concatenate([[0.0], t[:-1]])
+    fall = (t >= 30) & (t_prev < 32)
+    expected = np.where(fall, C, np.where((t >= 32) & (t < 62), TR, Q))
     np.testing.assert_array_equal(labels, expected)
+    assert labels[_at(32.0)] == C and labels[_at(32.1)] == TR and labels[_at(61.9)] == TR
     assert paths.regimes.dtype == jnp.int32
     assert (paths.regime_names, paths.crisis_index, paths.quiet_index) == (
         ("Quiet", "Trending", "Crisis"),
@@ -72,7 +76,10 @@ def test_cascade_jump_fall_and_instant_recovery():
     np.testing.assert_array_equal(drift, np.where((t >= 30) & (t < 50), -50.0, 0.0))
     assert np.all(np.asarray(paths.drift_rate) == 0.0)
     labels = np.asarray(paths.regimes[0])
-    np.testing.assert_array_equal(labels, np.where((t >= 30) & (t < 50), C, Q))
+    # A jump is Crisis in its own step only; the hold is Trending.
+    jump = (t >= 30) & (np.concatenate([[0.0], t[:-1]]) < 30)
+    assert jump.sum() == 1
+    np.testing.assert_array_equal(labels, np.where(jump, C, np.where((t >= 30) & (t < 50), TR, Q)))
 
 
 def test_cascade_after_the_end_is_quiet():
@@ -220,7 +227,8 @@ def test_returns_per_true_regime():
     xi = (r - mu * DT) / (vol[s] * np.sqrt(DT))
     for j in range(3):
         e = xi[s == j]
-        assert e.size >= 6400
+        # Crisis is the 2 s fall only (21 steps a path, the steps that overlap it).
+        assert e.size >= (21 * B if j == 2 else 6400)
         assert abs(np.mean(e)) < 5 / np.sqrt(e.size)
         assert abs(np.mean(e**2) - 1) < 5 * np.sqrt(2 / e.size)
 

@@ -331,7 +331,7 @@ def test_bad_input():
         dj.standard_errors(dj.FitParams(model, dj.RiskModel()), ZS, DT, risk=dj.RiskModel())
     with pytest.raises(ValueError, match="`zs` must have shape"):
         dj.standard_errors(model, np.zeros((T, 2)), DT)
-    with pytest.raises(ValueError, match="`dt` must be finite and > 0"):
+    with pytest.raises(ValueError, match="`dt` must be finite and >= 0"):
         dj.standard_errors(model, ZS, -1.0)
     with pytest.raises(ValueError, match="`returns` must have shape"):
         dj.standard_errors(model, ZS, DT, returns=np.zeros(3), risk=dj.RiskModel())

@@ -172,6 +172,29 @@ def prng_key(name: str, value):
     return value
 
 
+def feature_names(name: str, value, m: int) -> tuple[str, ...] | None:
+    """``None`` or ``m`` distinct, non-empty strings (the names of ``m`` features), as a
+    tuple."""
+    if value is None:
+        return None
+    names = (value,) if isinstance(value, str) else value
+    allowed = f"None or {m} distinct names (strings), one per feature"
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise ArgumentTypeError(message(name, value, allowed)) from None
+    if not all(isinstance(s, str) for s in names):
+        raise ArgumentTypeError(message(name, value, allowed))
+    if len(names) != m or len(set(names)) != m or not all(names):
+        raise ValueError(message(name, value, allowed))
+    return names
+
+
+class DataWarning(UserWarning):
+    """Data that was read or changed in a way the user should know about (rows or cells
+    read as missing, a precision lowered): the message says what, how many and where."""
+
+
 # --- arrays ---------------------------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ def exact_posterior(model, zs, dt) -> ExactResult:
     """
     check_model(model)
     dtype = model.dtype
-    zs = prepare_observations(zs, model.num_features, dtype)
+    zs = prepare_observations(zs, model.num_features, dtype, model.observation.feature_names)
     T = zs.shape[0]
     dt = prepare_dt(dt, T, dtype)
     M, n = model.num_regimes, model.state_dim

@@ -8,7 +8,11 @@ import jax
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.types import DtLike, ObsLike
 from .._models.model import AbstractFilterResult, check_model
-from .methods import SEQUENTIAL, AbstractFilterMethod, forward_mode_error, resolve_method
+from .methods import (
+    AbstractFilterMethod,
+    forward_mode_error,
+    resolve_method,
+)
 
 
 def filter(
@@ -16,7 +20,7 @@ def filter(
     zs: ObsLike,
     dt: DtLike,
     *,
-    method: AbstractFilterMethod | str = SEQUENTIAL,
+    method: AbstractFilterMethod | str | None = None,
     checkpoint: bool | None = None,
 ) -> AbstractFilterResult:
     """Filter a series of feature observations with a drift model.
@@ -29,19 +33,25 @@ def filter(
             adds 0 to the log-likelihood). ``+-inf`` is an error.
         dt: step length in seconds, a scalar or one per step (``[T]``), each ``> 0``.
         method: how the filter runs and is differentiated (``_filters/methods.py``):
-            ``dj.Sequential(adjoint=...)`` (default ``dj.Sequential()``: ``lax.scan``, any
-            model, with the model's default reverse pass: ``dj.FusedAdjoint()`` for a
-            ``KalmanModel``, ``dj.CheckpointAdjoint()`` for an ``IMMModel``) or
+            ``dj.Sequential(adjoint=...)`` (``lax.scan``, any model, with the model's
+            default reverse pass: ``dj.FusedAdjoint()`` for a ``KalmanModel``,
+            ``dj.CheckpointAdjoint()`` for an ``IMMModel``), ``dj.Chunked(...)``
+            (parallel-in-time: chunks filtered side by side in sweeps until their starts
+            are checked to have converged; exact; reverse mode only) or
             ``dj.Associative()`` (associative scan, Särkkä & García-Fernández 2021;
-            ``KalmanModel`` only, for one long series on an accelerator). The strings
-            ``"sequential"`` and ``"parallel"`` are shorthands for the two.
+            ``KalmanModel`` only). The strings ``"sequential"``, ``"chunked"`` and
+            ``"parallel"`` are shorthands. ``None`` (default): ``dj.Chunked()`` for a
+            series of at least ``AUTO_CHUNKED_STEPS`` (10,000) steps, ``dj.Sequential()``
+            for a shorter one, under ``vmap`` over paths (the batch fills the vector
+            lanes) or under forward-mode differentiation.
         checkpoint: the older spelling of the adjoint, for ``dj.Sequential()``: ``True`` is
             the model's default, ``False`` the plain scan (``dj.DirectAdjoint()``, every
             intermediate stored; forward mode works). ``None`` (default): set by
             ``method``. No effect with ``dj.Associative()``.
 
     Returns:
-        A ``dj.AbstractFilterResult`` (``dj.KalmanResult`` / ``dj.IMMResult``) with
+        A ``dj.AbstractFilterResult`` (``dj.KalmanResult`` / ``dj.IMMResult``; with
+        ``dj.Chunked``, ``result.chunked`` reports the sweeps) with
         ``log_likelihood`` (``sum_t log p(z_t | z_<t)``), ``drift`` ``[T]``, ``drift_var``
         ``[T]``, ``regime_probs`` ``[T, M]`` (``[T, 1]`` of ones for a single model),
         ``p_crisis`` ``[T]`` (0 without a crisis regime), ``sigma_effective(...)`` and the
@@ -58,12 +68,21 @@ def filter(
         True
     """
     check_model(model)
-    method = resolve_method(method, model, checkpoint)
+    if method is not None or checkpoint is not None:
+        method = resolve_method(method, model, checkpoint)
     # Concrete inputs are checked here, eagerly, so bad data raises a ValueError naming
     # the argument; the compiled filter below then sees arrays of fixed shape and dtype
     # and is compiled once per shape (not retraced on every call).
-    zs = prepare_observations(zs, model.num_features, model.dtype)
+    zs = prepare_observations(
+        zs, model.num_features, model.dtype, model.observation.feature_names
+    )
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
+    if method is None:
+        # Picked by length. Forward mode (jax.jvp) needs the sequential filter, and under
+        # vmap over paths the batch already fills the vector lanes chunks would fill.
+        forward = any(map(_under_forward_mode, jax.tree.leaves((model, zs, dt))))
+        sequential = forward or _batched(zs)
+        method = resolve_method(None, model, num_steps=None if sequential else zs.shape[0])
     return run_filter(model, zs, dt, method)
 
 
@@ -80,6 +99,15 @@ def run_filter(model, zs, dt, method: AbstractFilterMethod):
         if method.forward_mode or "custom_vjp" not in str(err):
             raise
         raise forward_mode_error(method) from err
+
+
+def _batched(x) -> bool:
+    """Whether ``x`` is batched by an enclosing ``vmap`` (e.g. over paths)."""
+    while isinstance(x, jax.core.Tracer):
+        if type(x).__name__ == "BatchTracer":
+            return True
+        x = getattr(x, "primal", getattr(x, "val", None))
+    return False
 
 
 def _under_forward_mode(x) -> bool:

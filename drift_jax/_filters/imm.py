@@ -32,10 +32,18 @@ import numpy as np
 from .._core import exact_arithmetic as xa, validate as v
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.types import Array, DtLike, Float, ObsLike, RegimeVector, Scalar, TransitionMatrix
-from .._models.constraints import CONSTRAINT, PositiveDefinite, Real, Simplex, SimplexRows
+from .._models.constraints import (
+    CONSTRAINT,
+    Generator,
+    PositiveDefinite,
+    Real,
+    Simplex,
+    SimplexRows,
+)
 from .._models.dynamics import AbstractDynamics
 from .._models.model import AbstractDriftModel, AbstractFilterResult
 from .._models.observation import Observation, measurement_update
+from .chunked import ChunkedInfo
 from .kalman import initial_moments, predict
 from .methods import CheckpointAdjoint
 from .reduction import reduce_features
@@ -68,6 +76,34 @@ def _check_stochastic(name: str, Pi: Array, tol: float) -> Array:
             f"with row sums {P.sum(axis=1).tolist()}."
         )
     return Pi
+
+
+def _check_generator(name: str, Q: Array) -> Array:
+    """``Q`` if it is a generator (finite, off-diagonals >= 0, rows summing to 0 within
+    ``dj.Generator.row_tolerance`` times ``max(1, max |Q[i, :]|)``)."""
+    tol = Generator.row_tolerance(Q.dtype)
+    M = Q.shape[0]
+    off = ~jnp.eye(M, dtype=bool)
+
+    def ok(x):
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(x), axis=1))
+        rows = jnp.abs(jnp.sum(x, axis=1)) <= tol * scale
+        return jnp.all(jnp.isfinite(x)) & jnp.all(jnp.where(off, x >= 0, True)) & jnp.all(rows)
+
+    if v.is_traced(Q):
+        text = f"`{name}` must be a generator (off-diagonals >= 0, rows sum 0)."
+        return eqx.error_if(Q, ~ok(Q), text)
+    if not bool(ok(Q)):
+        G = np.asarray(Q, dtype=np.float64)
+        bad = [(i, j) for i in range(M) for j in range(M) if i != j and not G[i, j] >= 0]
+        detail = f"; negative off-diagonal rates at {bad}" if bad else ""
+        raise ValueError(
+            f"`{name}` must be a generator of the regime chain, in rates per second: finite, "
+            f"off-diagonals >= 0 (Q[i, j] = rate of i -> j), each row summing to 0 within "
+            f"{tol:g} x max(1, max|Q[i, :]|) (Q[i, i] = -sum of the others); got "
+            f"{name}={G.tolist()} with row sums {G.sum(axis=1).tolist()}{detail}."
+        )
+    return Q
 
 
 def stationary_distribution(transition) -> np.ndarray:
@@ -162,7 +198,7 @@ class IMMModel(AbstractDriftModel):
             scalar member inside an extended IMM is embedded with ``mu_dot`` reset to 0).
         observation: the shared ``dj.Observation``.
         transition: ``Pi`` ``[M, M]``, row-stochastic, ``Pi[i, j] = P(next = j | now = i)``
-            per cycle.
+            per cycle (whatever the step's ``dt``). Give this or ``rates``, not both.
         init_probs: regime probabilities before the first cycle ``[M]`` (default: uniform).
         init_mean, init_cov: shared state prior before the first cycle.
         regime_names: names for reports (default ``regime0..``).
@@ -170,6 +206,15 @@ class IMMModel(AbstractDriftModel):
             (default: the one named "Crisis", else the last).
         embed: allow members of different state size (scalar inside extended). With
             ``embed=False`` unequal sizes are an error.
+        rates: continuous-time regimes instead of ``transition``: a generator ``Q``
+            ``[M, M]`` in rates per second (``Q[i, j] >= 0`` the rate of ``i -> j``, each
+            row summing to 0 within 1e-9 x ``max(1, max|Q[i, :]|)``, 1e-5 in float32); a
+            step of ``dt_k`` seconds then switches with ``Pi_k = expm(Q dt_k)``
+            (``transition_matrix(dt)``), so the chain is the same process at any
+            sampling, regular or not. ``1 / -Q[j, j]`` is regime ``j``'s expected
+            duration (``expected_durations()``). ``dj.rates_from_transition`` reads a
+            per-cycle ``Pi`` as rates. The model's ``transition`` field is then ``None``
+            (a per-cycle model's ``rates`` is ``None``).
 
     Example:
         >>> import drift_jax as dj
@@ -181,11 +226,21 @@ class IMMModel(AbstractDriftModel):
         ... )
         >>> imm.num_regimes
         2
+        >>> ct = dj.IMMModel(  # continuous time: a 20 s quiet spell, a 5 s crisis on average
+        ...     dynamics=(dj.OU(0.1, 0.3), dj.OU(0.005, 5.0)),
+        ...     observation=dj.Observation.scalar(1.0),
+        ...     rates=[[-0.05, 0.05], [0.2, -0.2]],
+        ... )
+        >>> ct.transition_depends_on_dt, ct.expected_durations().tolist()
+        (True, [20.0, 5.0])
+        >>> [round(float(p), 6) for p in ct.transition_matrix(0.1)[0]]  # expm(Q 0.1), row 0
+        [0.995062, 0.004938]
     """
 
     dynamics: tuple[AbstractDynamics, ...]
     observation: Observation
-    transition: TransitionMatrix = eqx.field(metadata={CONSTRAINT: SimplexRows()})
+    transition: TransitionMatrix | None = eqx.field(metadata={CONSTRAINT: SimplexRows()})
+    rates: TransitionMatrix | None = eqx.field(metadata={CONSTRAINT: Generator()})
     init_probs: RegimeVector = eqx.field(metadata={CONSTRAINT: Simplex()})
     init_mean: Float[Array, " n"] = eqx.field(metadata={CONSTRAINT: Real()})
     init_cov: Float[Array, "n n"] = eqx.field(metadata={CONSTRAINT: PositiveDefinite()})
@@ -196,7 +251,7 @@ class IMMModel(AbstractDriftModel):
         self,
         dynamics,
         observation,
-        transition,
+        transition=None,
         init_probs=None,
         init_mean=0.0,
         init_cov=1.0,
@@ -204,6 +259,7 @@ class IMMModel(AbstractDriftModel):
         regime_names=None,
         crisis_regime=None,
         embed: bool = True,
+        rates=None,
     ):
         dynamics = tuple(dynamics) if isinstance(dynamics, (list, tuple)) else (dynamics,)
         if not dynamics:
@@ -221,13 +277,23 @@ class IMMModel(AbstractDriftModel):
         M = len(dynamics)
         dtype = dynamics[0].dtype
         tol = 1e-9 if dtype == jnp.float64 else 1e-5
-        Pi = v.as_float_array("transition", transition, dtype)
-        if Pi.shape != (M, M):
+        if (transition is None) == (rates is None):
+            given = "both" if rates is not None else "neither"
             raise ValueError(
-                f"`transition` must have shape [M, M] = [{M}, {M}] for {M} regimes "
-                f"(one per `dynamics` member), got shape {Pi.shape}."
+                "`dj.IMMModel` needs exactly one regime chain: `transition` (Pi, per cycle) "
+                f"or `rates` (a generator Q, per second, Pi_k = expm(Q dt_k)); got {given}."
             )
-        self.transition = _check_stochastic("transition", Pi, tol)
+        name = "transition" if rates is None else "rates"
+        chain = v.as_float_array(name, transition if rates is None else rates, dtype)
+        if chain.shape != (M, M):
+            raise ValueError(
+                f"`{name}` must have shape [M, M] = [{M}, {M}] for {M} regimes "
+                f"(one per `dynamics` member), got shape {chain.shape}."
+            )
+        if rates is None:
+            self.transition, self.rates = _check_stochastic("transition", chain, tol), None
+        else:
+            self.transition, self.rates = None, _check_generator("rates", chain)
         if init_probs is None:
             init_probs = jnp.full((M,), 1.0 / M, dtype)
         p0 = v.as_float_array("init_probs", init_probs, dtype)
@@ -272,7 +338,42 @@ class IMMModel(AbstractDriftModel):
         return self.dynamics
 
     def transition_matrix(self, dt=None) -> TransitionMatrix:
-        return self.transition
+        """``Pi`` for a step of ``dt`` seconds: the per-cycle ``transition`` (``dt`` is not
+        used), or ``expm(rates * dt)`` for continuous-time regimes (``dt`` required; entries
+        below 0 by rounding are set to 0)."""
+        if self.rates is None:
+            return self.transition
+        if dt is None:
+            raise ValueError(
+                "this dj.IMMModel has continuous-time regimes (`rates`): its transition "
+                "matrix depends on the step, so pass the step length, transition_matrix(dt) "
+                "with dt in seconds (Pi = expm(rates * dt))."
+            )
+        dt = jnp.asarray(dt, self.rates.dtype)
+        return jnp.maximum(jax.scipy.linalg.expm(self.rates * dt), 0.0)
+
+    @property
+    def transition_depends_on_dt(self) -> bool:
+        return self.rates is not None
+
+    def expected_durations(self, cycle_seconds=None) -> Float[Array, " M"]:
+        """Each regime's expected duration in seconds: ``-1 / rates[j, j]`` for
+        continuous-time regimes; for a per-cycle ``Pi``, ``cycle_seconds / (1 - Pi[j, j])``
+        (a geometric number of cycles, ``cycle_seconds`` required). ``inf`` for a regime
+        that is never left."""
+        if self.rates is not None:
+            rate = -jnp.diagonal(self.rates)
+            cycle = jnp.ones((), self.dtype)
+        else:
+            if cycle_seconds is None:
+                raise ValueError(
+                    "`cycle_seconds` is required for a per-cycle `transition` (the seconds "
+                    "one cycle lasts): the expected duration is cycle_seconds / (1 - Pi[j, j])."
+                )
+            cycle = v.positive("cycle_seconds", cycle_seconds, self.dtype)
+            rate = 1.0 - jnp.diagonal(self.transition)
+        leaving = rate > 0
+        return jnp.where(leaving, cycle / jnp.where(leaving, rate, 1.0), jnp.inf)
 
     @property
     def initial_regime_probs(self) -> RegimeVector:
@@ -331,6 +432,7 @@ class IMMResult(AbstractFilterResult):
     model_means: Float[Array, "T M n"]
     model_covs: Float[Array, "T M n n"]
     crisis_index: int = eqx.field(static=True)
+    chunked: ChunkedInfo | None = None
 
     @property
     def model_drifts(self) -> Float[Array, "*batch T M"]:
@@ -393,8 +495,10 @@ def combine(probs: list, means: list, covs: list):
     return mean, cov
 
 
-def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
-    """One IMM cycle on unrolled state ``(log_probs, means, covs)`` (lists over regimes).
+def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str, robust=None):
+    """One IMM cycle on unrolled state ``(log_probs, means, covs)`` (lists over regimes);
+    ``robust``: the observation's robust update (each regime gated on its own innovation,
+    ``_models/robust.py``), ``None``: Gaussian.
 
     Returns the new unrolled state and ``(log p(z | past), log cbar)``.
     """
@@ -404,7 +508,7 @@ def imm_step(state: tuple, Fs: list, Qs: list, z, H, R, Pi, update: str):
     new_means, new_covs, logls = [], [], []
     for j in range(M):
         pm, pP = predict(mixed_means[j], mixed_covs[j], Fs[j], Qs[j])
-        mj, Pj, llj = measurement_update(pm, pP, z, H, R, update)
+        mj, Pj, llj = measurement_update(pm, pP, z, H, R, update, robust)
         new_means.append(mj)
         new_covs.append(Pj)
         logls.append(llj)
@@ -492,7 +596,7 @@ def imm_filter(
     reduced exactly to one observation per step (``_filters/reduction.py``) for any state size.
     """
     dtype = model.dtype
-    zs = prepare_observations(zs, model.num_features, dtype)
+    zs = prepare_observations(zs, model.num_features, dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     adjoint = model.default_adjoint() if adjoint is None else adjoint
     return _imm_scan(model, zs, dt, adjoint, scalar_path)[0]
@@ -519,6 +623,8 @@ def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None):
         xs["R"] = obs.Rs
     else:
         params["R"] = obs.R
+    if model.observation.robust is not None:  # an explicit parameter, as every other
+        params["robust"] = model.observation.robust
     regime_transitions(model, dt, params, xs)
     Fs, Qs = model.transitions(dt) if dt.ndim == 0 else model.stacked_transitions(dt)
     (params if dt.ndim == 0 else xs).update(F=Fs, Q=Qs)
@@ -526,7 +632,9 @@ def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None):
     def step(p, carry, x):
         e = {**p, **x}
         F, Q, z, H_, R_ = e["F"], e["Q"], e["z"], e["H"], e["R"]
-        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H_, R_, e["Pi"], update)
+        carry, (ll, log_cbar) = imm_step(
+            carry, F, Q, z, H_, R_, e["Pi"], update, e.get("robust")
+        )
         log_probs, means, covs = carry
         mean, cov = combine([jnp.exp(lp) for lp in log_probs], means, covs)
         probs = jnp.exp(jnp.stack(log_probs))
@@ -581,10 +689,22 @@ def imm_cycle(model: IMMModel, state: IMMState, z, dt, observation=None):
         probs, means, variances = to_scalar(state)
         a, q = [F[0, 0] for F in Fs], [Q[0, 0] for Q in Qs]
         (_, means, variances), (ll, _), log_probs = scalar_cycle(
-            probs, means, variances, a, q, z1[0], obs.H[0, 0], R1[0, 0], Pi, log_weights=True
+            probs,
+            means,
+            variances,
+            a,
+            q,
+            z1[0],
+            obs.H[0, 0],
+            R1[0, 0],
+            Pi,
+            log_weights=True,
+            robust=model.observation.robust,
         )
         state = from_scalar(log_probs, means, variances)
     else:
-        carry, (ll, _) = imm_step(_unstack(state, M), Fs, Qs, z1, obs.H, R1, Pi, obs.update)
+        carry, (ll, _) = imm_step(
+            _unstack(state, M), Fs, Qs, z1, obs.H, R1, Pi, obs.update, model.observation.robust
+        )
         state = _stack(carry)
     return state, ll if obs.log_g is None else ll + obs.log_g[0]

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from .._core.types import Array
 from .._models.observation import mask_missing
+from .._models.robust import robust_terms
 from .imm import (
     IMMResult,
     IMMState,
@@ -77,7 +78,18 @@ def from_scalar(log_probs: list, means: list, variances: list) -> IMMState:
 
 
 def scalar_cycle(
-    probs: list, means: list, variances: list, a: list, q: list, z, h, r, Pi, *, log_weights=False
+    probs: list,
+    means: list,
+    variances: list,
+    a: list,
+    q: list,
+    z,
+    h,
+    r,
+    Pi,
+    *,
+    log_weights=False,
+    robust=None,
 ):
     """One IMM cycle for scalar members and one feature; lists run over the M regimes.
 
@@ -91,6 +103,9 @@ def scalar_cycle(
         log_weights: also return the new log-probabilities, kept finite (ordered by fit)
             where a probability underflows to 0, as the general cycle's are (the streaming
             estimator's state; the filter does not need them and skips their logs).
+        robust: the observation's robust update (``_models/robust.py``), or ``None``
+            (Gaussian). Each regime's update uses ``r / w(e_j)``, ``e_j^2 = innov_j^2 /
+            S_j``, and its likelihood gains ``log f(e_j) - log phi(e_j)``.
 
     Returns:
         ``(probs, means, variances)`` after the update, ``(log p(z | past), cbar)`` and,
@@ -120,16 +135,24 @@ def scalar_cycle(
         ph = pv * h
         inv_s = 1.0 / (h * ph + r)
         innov = z - h * pm
-        gain = ph * inv_s
+        g = -0.5 * (innov * innov * inv_s)
+        if robust is None:
+            gain, r_j = ph * inv_s, r
+        else:
+            # The robust update: noise r / w(e), the likelihood's log f(e) - log phi(e).
+            weight, log_ratio = robust_terms(robust, innov * innov * inv_s, seen)
+            r_j = r / weight
+            gain = ph / (h * ph + r_j)
+            g = g + log_ratio
         ikh = 1.0 - gain * h
         new_means.append(pm + gain * innov)
-        new_vars.append(ikh * pv * ikh + gain * r * gain)
+        new_vars.append(ikh * pv * ikh + gain * r_j * gain)
         prefactor.append(c * jnp.sqrt(inv_s))
         # A regime too unlikely to mix from (below sqrt(smallest normal)) still gets its
         # likelihood, as in the general cycle's log space: a sharp move can revive it. Only
         # below the smallest normal (its term could underflow to 0) does it drop out.
         alive = c > _TINY[c.dtype.itemsize]
-        quad.append(jnp.where(alive, -0.5 * (innov * innov * inv_s), -jnp.inf))
+        quad.append(jnp.where(alive, g, -jnp.inf))
         cbar.append(c)
     # (4) Bayes update, max-normalised (the shift cancels: no gradient through the max).
     top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, quad))
@@ -176,6 +199,8 @@ def scalar_imm_filter(model, zs: Array, dt: Array, adjoint, init: IMMState | Non
         xs["r"] = obs.Rs[:, 0, 0]
     else:
         params["r"] = obs.R[0, 0]
+    if model.observation.robust is not None:  # an explicit parameter, as every other
+        params["robust"] = model.observation.robust
     regime_transitions(model, dt, params, xs)
     if dt.ndim == 0:
         Fs, Qs = model.transitions(dt)
@@ -187,7 +212,9 @@ def scalar_imm_filter(model, zs: Array, dt: Array, adjoint, init: IMMState | Non
     def step(p, carry, x):
         e = {**p, **x}
         state, total = carry
-        state, (ll, cbar) = scalar_cycle(*state, e["a"], e["q"], e["z"], e["h"], e["r"], e["Pi"])
+        state, (ll, cbar) = scalar_cycle(
+            *state, e["a"], e["q"], e["z"], e["h"], e["r"], e["Pi"], robust=e.get("robust")
+        )
         w, means, variances = state
         # (5) the mixture output.
         mean, var = combine(w, means, variances)

@@ -18,7 +18,9 @@ from .._models.constraints import CONSTRAINT, PositiveDefinite, Real
 from .._models.dynamics import AbstractDynamics, stacked_transitions
 from .._models.model import AbstractDriftModel, AbstractFilterResult
 from .._models.observation import Observation, mask_missing, measurement_update
+from .chunked import ChunkedInfo
 from .methods import FusedAdjoint
+from .reduction import reduce_features
 
 
 def initial_moments(init_mean, init_cov, n: int, dtype) -> tuple[StateVector, StateMatrix]:
@@ -116,6 +118,13 @@ class KalmanModel(AbstractDriftModel):
         return _sequential_scan(self, zs, dt, adjoint, state)
 
     def associative_filter(self, zs, dt) -> KalmanResult:
+        if self.observation.robust is not None:
+            raise ValueError(
+                "method=dj.Associative() (method='parallel') is the linear-Gaussian filter; "
+                f"this model's observation has a robust update (robust={self.observation.robust!r}), "
+                "whose gain depends on each innovation. Use dj.Sequential() or dj.Chunked(), "
+                "or observation.with_robust(None)."
+            )
         return _parallel_scan(self, zs, dt)
 
     def initial_state(self) -> KalmanState:
@@ -127,8 +136,15 @@ class KalmanModel(AbstractDriftModel):
             update = self.observation.update
         else:
             H, R, update = observation
+        robust = self.observation.robust  # the model's option, for every update
         F, Q = self.dynamics.transition(dt)
-        state, (ll, *_) = kalman_step(state, F, Q, z, H, R, update)
+        if reduces(H, z[None]):
+            # The filter's own cycle: several features of a scalar drift reduced exactly.
+            y, r, log_g = reduce_features(H[:, 0], R, update, z[None])
+            one = jnp.ones((1, 1), H.dtype)
+            state, (ll, *_) = kalman_step(state, F, Q, y, one, r[:, None], "joint", robust)
+            return state, ll + log_g[0]
+        state, (ll, *_) = kalman_step(state, F, Q, z, H, R, update, robust)
         return state, ll
 
     def state_moments(self, state: KalmanState):
@@ -161,6 +177,7 @@ class KalmanResult(AbstractFilterResult):
     predicted_means: Float[Array, "T n"]
     predicted_covs: Float[Array, "T n n"]
     innovations: Float[Array, "T m"]
+    chunked: ChunkedInfo | None = None
 
     @property
     def regime_probs(self) -> Float[Array, "*batch T 1"]:
@@ -182,14 +199,15 @@ def predict(mean: StateVector, cov: StateMatrix, F: StateMatrix, Q: StateMatrix)
     return la.mv(F, mean), la.symmetrise(la.mm(la.mm(F, cov), la.transpose(F)) + Q)
 
 
-def kalman_step(state: KalmanState, F, Q, z, H, R, update: str):
-    """One cycle: predict with ``(F, Q)``, update with ``z`` (NaN = missing).
+def kalman_step(state: KalmanState, F, Q, z, H, R, update: str, robust=None):
+    """One cycle: predict with ``(F, Q)``, update with ``z`` (NaN = missing; ``robust``:
+    the observation's robust update, ``_models/robust.py``; ``None``: Gaussian).
 
     Returns the new state and ``(log p(z | past), predicted mean, predicted cov,
     innovation)``.
     """
     pm, pP = predict(state.mean, state.cov, F, Q)
-    mean, cov, ll = measurement_update(pm, pP, z, H, R, update)
+    mean, cov, ll = measurement_update(pm, pP, z, H, R, update, robust)
     innovation = z - la.mv(H, pm)
     return KalmanState(mean, cov), (ll, pm, pP, innovation)
 
@@ -204,21 +222,48 @@ def _sequential_scan(model: KalmanModel, zs, dt, adjoint, init=None):
     update = model.observation.update
     # Everything a step reads that is not per step is an explicit parameter: a hand-written
     # adjoint (dj.FusedAdjoint) differentiates only its explicit inputs.
-    if dt.ndim == 0:
-        params, xs = (H, R, *model.dynamics.transition(dt)), zs
+    reduced = reduces(H, zs)
+    if reduced:
+        # Several features of a scalar drift: reduced exactly to one observation per step
+        # (_filters/reduction.py, as the IMM does), the m x m algebra vectorised over T.
+        ys, rs, log_g = reduce_features(H[:, 0], R, update, zs)
+        params = {"H": jnp.ones((1, 1), zs.dtype)}
+        xs, step_update = {"z": ys[:, None], "R": rs[:, None, None]}, "joint"
     else:
-        params, xs = (H, R), (*stacked_transitions(model.dynamics, dt, model.state_dim), zs)
+        params, xs, step_update = {"H": H, "R": R}, {"z": zs}, update
+    robust = model.observation.robust
+    if robust is not None:
+        # An explicit parameter (the fused adjoint differentiates only those). With several
+        # features the robust gate is on the reduced innovation: the same gate as the
+        # vector update's (along the loadings), _models/robust.py.
+        params["robust"] = robust
+    if dt.ndim == 0:
+        F, Q = model.dynamics.transition(dt)
+        params.update(F=F, Q=Q)
+    else:
+        F, Q = stacked_transitions(model.dynamics, dt, model.state_dim)
+        xs.update(F=F, Q=Q)
 
     def step(p, state, x):
-        H_, R_ = p[0], p[1]
-        F, Q, z = (p[2], p[3], x) if dt.ndim == 0 else x
-        state, (ll, pm, pP, innov) = kalman_step(state, F, Q, z, H_, R_, update)
+        e = {**p, **x}
+        state, (ll, pm, pP, innov) = kalman_step(
+            state, e["F"], e["Q"], e["z"], e["H"], e["R"], step_update, e.get("robust")
+        )
         return state, (ll, state.mean, state.cov, pm, pP, innov)
 
     init = model.initial_state() if init is None else init
     last, outs = adjoint.scan(step, params, init, xs)
     lls, means, covs, pms, pPs, innovs = outs
+    if reduced:
+        lls = lls + log_g
+        innovs = zs - pms * H[None, :, 0]  # each feature's innovation (n = 1: H pm = a mu-)
     return KalmanResult(jnp.sum(lls), lls, means, covs, pms, pPs, innovs), last
+
+
+def reduces(H, zs) -> bool:
+    """Whether the filter reduces the features to one observation per step: several
+    features (``zs`` ``[T, m]``, ``m > 1``) of a scalar state (``H`` ``[m, 1]``)."""
+    return H.shape[1] == 1 and zs.shape[-1] > 1
 
 
 # --- Parallel-in-time filter (Särkkä & García-Fernández 2021, IEEE TAC 66(1)) -------------

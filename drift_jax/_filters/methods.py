@@ -47,6 +47,7 @@ __all__ = [
     "AbstractFilterMethod",
     "Associative",
     "CheckpointAdjoint",
+    "Chunked",
     "DirectAdjoint",
     "FusedAdjoint",
     "Sequential",
@@ -268,28 +269,136 @@ class Associative(AbstractFilterMethod):
         return True
 
 
-_STRINGS = {"sequential": Sequential, "parallel": Associative}
+class Chunked(AbstractFilterMethod):
+    """Parallel-in-time filtering of one long series: chunks filtered side by side, in
+    sweeps until the chunks' starting states are checked to have converged
+    (``_filters/chunked.py``). Any model (IMM of every shape, Kalman), missing data and
+    irregular ``dt``.
 
-#: The default ``method`` of every function that runs a filter: ``dj.Sequential()``, with
-#: the model's default adjoint.
+    The series is cut into chunks of ``chunk_size`` steps, all filtered at once
+    (``vmap``); each sweep starts every chunk from the state the chunk before it ended in
+    during the last sweep, until re-running the first ``check_steps`` steps of every chunk
+    from its new start changes no state component by more than ``tol`` (relative to
+    ``max(1, |value|)``). A filter forgets its start, so this typically takes 1-2 sweeps;
+    chunk ``c``'s start is exact after ``c`` sweeps, so after at most ``num_chunks``
+    sweeps the result is exact whatever the model: never a wrong answer, at worst the
+    sequential one's cost. ``result.chunked`` (a ``ChunkedInfo``) reports the sweeps used
+    and the last change. Gradients are exact: an adjoint sweeps backwards over the chunk
+    boundaries the same way until the boundary cotangents converge (to ``tol``).
+
+    Reverse mode only: forward mode and reverse-over-reverse raise a clear error
+    (``dj.standard_errors`` uses the sequential filter's derivatives of the same
+    likelihood).
+
+    Arguments:
+        chunk_size: steps per chunk ``L`` (``None``: 256, or ``ceil(T / 2)`` when that is
+            less). Shorter chunks: more parallel width, more sweeps when the filter
+            forgets slowly.
+        check_steps: steps re-run at the start of each chunk to check convergence
+            (default 32, at most ``chunk_size``).
+        tol: the convergence tolerance (``None``: 100 ulps of the model's dtype,
+            ``2.2e-14`` in float64, ``1.2e-5`` in float32).
+        max_sweeps: a cap on the forward sweeps (``None``: ``num_chunks``, which is always
+            exact). A smaller cap can stop before convergence: check
+            ``result.chunked.boundary_change``.
+        adjoint: the reverse pass inside each chunk (``None``: the model's default).
+
+    Example:
+        >>> import jax.numpy as jnp, drift_jax as dj
+        >>> model = dj.seed_imm()
+        >>> zs = jnp.sin(jnp.arange(1000) / 50.0)
+        >>> a = dj.filter(model, zs, 0.5, method=dj.Chunked(chunk_size=100))
+        >>> b = dj.filter(model, zs, 0.5, method=dj.Sequential())
+        >>> bool(jnp.max(jnp.abs(a.drift - b.drift)) < 1e-10), a.chunked.num_chunks
+        (True, 10)
+    """
+
+    chunk_size: int | None = eqx.field(static=True, default=None)
+    check_steps: int = eqx.field(static=True, default=32)
+    tol: float | None = eqx.field(static=True, default=None)
+    max_sweeps: int | None = eqx.field(static=True, default=None)
+    adjoint: AbstractAdjoint | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.chunk_size is not None:
+            v.positive_int("chunk_size", self.chunk_size, "None or an integer")
+        v.positive_int("check_steps", self.check_steps, "an integer")
+        if self.max_sweeps is not None:
+            v.positive_int("max_sweeps", self.max_sweeps, "None or an integer")
+        if self.tol is not None:
+            v.nonnegative_float("tol", self.tol)
+        if self.adjoint is not None and not isinstance(self.adjoint, AbstractAdjoint):
+            raise v.ArgumentTypeError(
+                "`adjoint` must be None (the model's default), dj.FusedAdjoint(), "
+                f"dj.CheckpointAdjoint() or dj.DirectAdjoint(), got {self.adjoint!r}."
+            )
+
+    def tolerance(self, dtype) -> float:
+        """``tol``, or 100 ulps of ``dtype`` when it is ``None``."""
+        import numpy as np
+
+        return float(100 * np.finfo(dtype).eps) if self.tol is None else float(self.tol)
+
+    def resolve(self, model) -> Chunked:
+        adjoint = model.default_adjoint() if self.adjoint is None else self.adjoint
+        return Chunked(self.chunk_size, self.check_steps, self.tol, self.max_sweeps, adjoint)
+
+    def run(self, model, zs, dt):
+        from .chunked import chunked_filter
+
+        return chunked_filter(model, zs, dt, self.resolve(model))
+
+    @property
+    def forward_mode(self) -> bool:
+        return False
+
+    @property
+    def second_order(self) -> bool:
+        return False
+
+
+_STRINGS = {"sequential": Sequential, "parallel": Associative, "chunked": Chunked}
+
+#: ``dj.Sequential()``, with the model's default adjoint: what ``method=None`` runs on a
+#: short series (and where nothing is differentiated in reverse mode, e.g. Monte Carlo).
 SEQUENTIAL = Sequential()
 
+#: ``method=None`` runs ``dj.Chunked()`` on a series of at least this many steps (where it
+#: is many times faster than the sequential scan, forward and reverse; see
+#: benchmarks/RESULTS.md), ``dj.Sequential()`` on a shorter one.
+AUTO_CHUNKED_STEPS = 10_000
 
-def resolve_method(method, model, checkpoint: bool | None = None) -> AbstractFilterMethod:
+
+def auto_method(num_steps: int | None) -> AbstractFilterMethod:
+    """What ``method=None`` means for a series of ``num_steps`` steps (``None``: unknown,
+    the sequential filter)."""
+    if num_steps is not None and num_steps >= AUTO_CHUNKED_STEPS:
+        return Chunked()
+    return SEQUENTIAL
+
+
+def resolve_method(
+    method, model, checkpoint: bool | None = None, num_steps: int | None = None
+) -> AbstractFilterMethod:
     """A method object with its settings fixed for ``model``, from a method object, a
-    string shorthand (``"sequential"``, ``"parallel"``) and ``dj.filter``'s legacy
-    ``checkpoint`` keyword (``None``: not given)."""
+    string shorthand (``"sequential"``, ``"parallel"``, ``"chunked"``), ``None`` (picked by
+    the series' length ``num_steps``: ``auto_method``) and ``dj.filter``'s legacy
+    ``checkpoint`` keyword (``None``: not given; given, it sets a sequential method)."""
+    if method is None:
+        method = SEQUENTIAL if checkpoint is not None else auto_method(num_steps)
     if isinstance(method, str):
         if method not in _STRINGS:
             raise ValueError(
-                f"`method` must be 'sequential' or 'parallel', got {method!r}; or a method "
-                "object: dj.Sequential(adjoint=...) or dj.Associative()."
+                f"`method` must be 'sequential', 'parallel' or 'chunked', got {method!r}; or "
+                "a method object: dj.Sequential(adjoint=...), dj.Associative() or "
+                "dj.Chunked(...); or None (picked by the series' length)."
             )
         method = _STRINGS[method]()
     elif not isinstance(method, AbstractFilterMethod):
         raise v.ArgumentTypeError(
-            "`method` must be a method object, dj.Sequential(adjoint=...) or "
-            f"dj.Associative(), or one of the strings 'sequential', 'parallel'; got {method!r}."
+            "`method` must be a method object, dj.Sequential(adjoint=...), dj.Associative() "
+            "or dj.Chunked(...), one of the strings 'sequential', 'parallel', 'chunked', or "
+            f"None (picked by the series' length); got {method!r}."
         )
     if checkpoint is not None:
         v.boolean("checkpoint", checkpoint, "True, False or None")
@@ -308,21 +417,27 @@ def resolve_method(method, model, checkpoint: bool | None = None) -> AbstractFil
 
 def method_name(method) -> str:
     """``dj.Sequential(adjoint=dj.FusedAdjoint())``: a method as code, for messages."""
-    if isinstance(method, Sequential):
+    if isinstance(method, Sequential | Chunked):
         adjoint = "None" if method.adjoint is None else f"dj.{type(method.adjoint).__name__}()"
-        return f"dj.Sequential(adjoint={adjoint})"
+        return f"dj.{type(method).__name__}(adjoint={adjoint})"
     return f"dj.{type(method).__name__}()"
 
 
 def forward_mode_error(method) -> TypeError:
     """The error for ``jax.jvp`` / ``jax.jacfwd`` through a method that has no forward mode."""
     name = method_name(method)
+    chunked = isinstance(method, Chunked)
+    how = (
+        "the chunked filter's adjoint (backward sweeps over the chunk boundaries)"
+        if chunked
+        else "the hand-written fused adjoint"
+    )
+    works = "reverse mode works" if chunked else "reverse mode and reverse-over-reverse work"
     return TypeError(
         f"Forward-mode differentiation (jax.jvp, jax.jacfwd) does not go through the filter "
-        f"with method={name}: its reverse pass is the hand-written fused adjoint, a "
+        f"with method={name}: its reverse pass is {how}, a "
         "jax.custom_vjp, which has no forward mode. Pass "
         "method=dj.Sequential(adjoint=dj.DirectAdjoint()) (JAX's own derivatives, every "
         "intermediate stored) or dj.Sequential(adjoint=dj.CheckpointAdjoint()) "
-        f"(jax.checkpoint) for forward mode; reverse mode and reverse-over-reverse work with "
-        f"{name}."
+        f"(jax.checkpoint) for forward mode; {works} with {name}."
     )

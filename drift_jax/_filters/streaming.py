@@ -5,12 +5,22 @@ scans (for an IMM with a scalar state the scalar cycle, with several features re
 exactly to one as the filter does) -- and returns a new estimator; estimators are
 immutable, so a state can be kept, compared or replayed. An estimator saves to a file and
 restores with a bit-identical continuation.
+
+The compiled cycle is cached per model *structure* (classes, sizes, dtype, static fields
+such as ``feature_names``), not per model: a second estimator of the same shape, or the same
+model with other parameter values, runs without compiling again. ``dj.streaming_step(model)``
+(also ``estimator.step_fn``) is the same cycle as a pure function ``(state, z, dt) ->
+(state, dj.StepOutputs)`` for ``jit`` / ``vmap`` / ``lax.scan``. ``update_observation(z,
+t=...)`` takes a timestamp instead of a step length (``dt = t - last t``; equal timestamps are
+``dt = 0`` steps, an update with no prediction, as in ``dj.filter``), and
+``from_result`` starts an estimator where a batch ``dj.filter`` run ended.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 
 import equinox as eqx
@@ -19,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._core import validate as v
+from .._core.inputs import DT_ALLOWED, features_in_order, is_named
 from .._core.types import Array, Float, Int, Scalar
-from .._models.model import AbstractDriftModel
+from .._models.model import AbstractDriftModel, check_model
 from .._models.risk import is_crisis as _is_crisis, sigma_effective as _sigma_effective
+from .forecast import Forecast, forecast as _forecast
 from .imm import IMMModel, IMMState
 from .kalman import KalmanModel, KalmanState
 
@@ -37,12 +49,22 @@ def _as_dt(dt) -> np.ndarray:
         ) from None
     if arr.ndim != 0:
         raise ValueError(f"`dt` must be a scalar step length in seconds, got shape {arr.shape}.")
-    if not (np.isfinite(arr) and arr > 0):
-        raise ValueError(f"`dt` must be finite and > 0 (seconds), got dt={float(arr)!r}.")
+    if not (np.isfinite(arr) and arr >= 0):
+        raise ValueError(f"`dt` must be {DT_ALLOWED}, got dt={float(arr)!r}.")
     return arr
 
 
-def _as_obs(name: str, z, m: int) -> np.ndarray:
+def _as_obs(name: str, z, m: int, names=None) -> np.ndarray:
+    if hasattr(z, "items") and hasattr(z, "index") and not is_named(z):  # a pandas Series
+        z = dict(z.items())
+    if is_named(z):  # matched by name to the model's feature_names
+        if isinstance(z, dict):
+            z = {k: np.reshape(np.asarray(x, dtype=np.float64), (1,)) for k, x in z.items()}
+        return features_in_order(z, names, m, name).reshape(-1)
+    if isinstance(z, str | bytes) or z is None:
+        raise v.ArgumentTypeError(
+            f"`{name}` must be {m} feature value(s) (numbers; NaN = missing), got {z!r}."
+        )
     arr = np.asarray(z, dtype=np.float64).reshape(-1)
     if arr.shape != (m,):
         raise ValueError(
@@ -83,12 +105,50 @@ def _vector_observation(z_vec, h_vec, r_mat, state_dim: int, update: str):
     return z, H, R
 
 
-def _advance(est: _Estimator, z, dt, H, R, update: str | None):
+def _advance(est: _Estimator, z, dt, H, R, update: str | None, t=None):
     """One cycle of ``est.model`` (``update=None``: its own observation model)."""
+    dt = _step_length(est, dt, t)
     state, ll, n = _cycle(
         est.model, est.state, est.log_likelihood, est.num_updates, z, dt, H, R, update
     )
-    return _replaced(est, state=state, log_likelihood=ll, num_updates=n)
+    if not np.isfinite(float(ll)):  # one scalar read: the arithmetic overflowed
+        raise ValueError(
+            f"update {int(est.num_updates)} (z={np.asarray(z).tolist()}, dt={float(dt)!r}) "
+            "made the filter's state non-finite (its arithmetic overflowed: an input too "
+            "large for the dtype?); the estimator is unchanged. Mark bad ticks as missing "
+            "(NaN) or rescale the features."
+        )
+    last = est.last_time if t is None else t
+    return _replaced(est, state=state, log_likelihood=ll, num_updates=n, last_time=last)
+
+
+def _step_length(est, dt, t):
+    """``dt`` as given, or from the timestamp ``t`` and the last one (``dt = t - last``)."""
+    if t is None:
+        if dt is None:
+            raise v.ArgumentTypeError("give `dt` (seconds since the last update) or `t=`.")
+        return _as_dt(dt)
+    t = v.finite_float("t", t, "a finite timestamp in seconds")
+    last = est.last_time
+    if dt is not None:
+        dt = _as_dt(dt)
+        if math.isfinite(last) and not math.isclose(float(dt), t - last, abs_tol=1e-12):
+            raise ValueError(
+                f"`dt` ({float(dt)!r}) and `t` ({t!r}) disagree: the last update was at "
+                f"t={last!r}; give one of them."
+            )
+        return dt
+    if not math.isfinite(last):
+        raise ValueError(
+            f"the first timestamped update (t={t!r}) needs `dt` too (the time from the "
+            "prior), or an estimator started with `last_time=`."
+        )
+    if t < last:
+        raise ValueError(
+            f"`t` must not be before the last update's time: got t={t!r} after t={last!r} "
+            "(equal times are dt = 0 updates)."
+        )
+    return np.asarray(t - last, dtype=np.float64)
 
 
 @functools.partial(jax.jit, static_argnames=("update",))
@@ -149,21 +209,57 @@ class _Estimator(eqx.Module):
     state: eqx.AbstractVar[object]
     log_likelihood: eqx.AbstractVar[Scalar]
     num_updates: eqx.AbstractVar[Int[Array, ""]]
+    last_time: eqx.AbstractVar[float]
 
-    def _start(self, model, state, log_likelihood, num_updates) -> None:
+    def _start(self, model, state, log_likelihood, num_updates, last_time=None) -> None:
         """Set the fields (from ``__init__``): the model's initial state unless given."""
         self.model = model
         self.state = model.initial_state() if state is None else state
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
+        # a host float (float64 whatever JAX's precision: epoch seconds need it); NaN = none
+        self.last_time = (
+            math.nan if last_time is None else v.finite_float("last_time", last_time)
+        )
+
+    @classmethod
+    def from_result(cls, model, result, *, last_time=None):
+        """An estimator that continues where a batch ``dj.filter(model, zs, dt)`` run ended:
+        its state after the last step, its log-likelihood and step count (``last_time``:
+        the last row's timestamp, for ``update_observation(z, t=...)``). Feeding it the
+        next observations gives what ``dj.filter`` gives on the whole series (to rounding).
+
+        Example:
+            >>> import numpy as np, drift_jax as dj
+            >>> model = dj.KalmanModel(dj.OU(0.1, 1.0), dj.Observation.scalar(1.0), 0.0, 1.0)
+            >>> zs = np.array([0.5, 1.0, 1.5])
+            >>> est = dj.KalmanDriftEstimator.from_result(model, dj.filter(model, zs[:2], 0.1))
+            >>> est = est.update_observation(zs[2], 0.1)
+            >>> bool(np.isclose(est.drift_rate_per_sec(), dj.filter(model, zs, 0.1).drift[-1]))
+            True
+        """
+        state = _state_from_result(model, result)
+        T = result.log_likelihoods.shape[-1]
+        return cls(model, state, result.log_likelihood, T, last_time=last_time)
+
+    @property
+    def step_fn(self) -> StreamingStep:
+        """The cycle as a pure function ``(state, z, dt) -> (state, dj.StepOutputs)``
+        (``dj.streaming_step(self.model)``), for ``jit`` / ``vmap``; ``self.state`` is a
+        state it takes."""
+        return StreamingStep(self.model)
 
     @_host_method
-    def update_observation(self, z, dt):
+    def update_observation(self, z, dt=None, *, t=None):
         """One cycle: (IMM: mix,) predict over ``dt`` seconds, update with the model's
-        features ``z`` (a scalar for one feature, or ``[m]``; NaN components are missing).
-        Returns the new estimator."""
-        z = _as_obs("z", z, self.model.num_features)
-        return _advance(self, z, _as_dt(dt), None, None, None)
+        features ``z`` (a scalar for one feature, ``[m]``, or named: a dict or
+        ``pandas.Series`` matched to ``observation.feature_names``; NaN components are
+        missing). ``t=`` gives the observation's timestamp instead (``dt = t - last``; the
+        first timestamped update needs ``dt`` too, or ``last_time=`` at the start).
+        ``dt = 0`` is an update with no prediction. Returns the new estimator."""
+        names = self.model.observation.feature_names
+        z = _as_obs("z", z, self.model.num_features, names)
+        return _advance(self, z, dt, None, None, None, t)
 
     @_host_method
     def update_vector(self, z_vec, h_vec, r_mat, dt, update: str = "joint"):
@@ -175,12 +271,14 @@ class _Estimator(eqx.Module):
         sequential scalar updates that ignore the correlation).
         """
         z, H, R = _vector_observation(z_vec, h_vec, r_mat, self.model.state_dim, update)
-        return _advance(self, z, _as_dt(dt), H, R, update)
+        return _advance(self, z, dt, H, R, update)
 
     @_host_method
-    def predict(self, dt):
-        """Advance ``dt`` seconds with nothing observed (a pure prediction)."""
-        return self.update_observation(np.full((self.model.num_features,), np.nan), dt)
+    def predict(self, dt=None, *, t=None):
+        """Advance ``dt`` seconds (or to time ``t``) with nothing observed (a pure
+        prediction)."""
+        nothing = np.full((self.model.num_features,), np.nan)
+        return _advance(self, nothing, dt, None, None, None, t)
 
     @_host_method
     def save(self, path: str | os.PathLike) -> None:
@@ -229,6 +327,14 @@ class _Estimator(eqx.Module):
         regime)."""
         return _sigma_effective(sigma, self.p_crisis(), crisis_amplifier)
 
+    @_host_method
+    def forecast(self, horizons, *, cycle_seconds=None) -> Forecast:
+        """``dj.forecast`` from the current state: the drift (mean, variance), the regime
+        probabilities and the integrated drift (the expected price move, bps) ``horizons``
+        seconds ahead (a scalar or ``[H]``), with nothing more observed. ``cycle_seconds``:
+        the cycle length of a per-cycle ``transition`` (required for such an IMM)."""
+        return _forecast(self.model, self.state, horizons, cycle_seconds=cycle_seconds)
+
 
 class KalmanDriftEstimator(_Estimator):
     """Streaming Kalman drift estimator: feed one observation (or vector) per cycle.
@@ -253,11 +359,14 @@ class KalmanDriftEstimator(_Estimator):
     state: KalmanState
     log_likelihood: Scalar
     num_updates: Int[Array, ""]
+    last_time: float
 
-    def __init__(self, model: KalmanModel, state=None, log_likelihood=0.0, num_updates=0):
+    def __init__(
+        self, model: KalmanModel, state=None, log_likelihood=0.0, num_updates=0, last_time=None
+    ):
         # The estimator's class fixes the model class (and the state it carries).
         v.instance("model", model, KalmanModel, "a dj.KalmanModel")
-        self._start(model, state, log_likelihood, num_updates)
+        self._start(model, state, log_likelihood, num_updates, last_time)
 
     @_host_method
     def drift_acceleration(self) -> Scalar:
@@ -291,13 +400,109 @@ class IMMDriftEstimator(_Estimator):
     state: IMMState
     log_likelihood: Scalar
     num_updates: Int[Array, ""]
+    last_time: float
 
-    def __init__(self, model: IMMModel, state=None, log_likelihood=0.0, num_updates=0):
+    def __init__(
+        self, model: IMMModel, state=None, log_likelihood=0.0, num_updates=0, last_time=None
+    ):
         # The estimator's class fixes the model class (and the state it carries).
         v.instance("model", model, IMMModel, "a dj.IMMModel")
-        self._start(model, state, log_likelihood, num_updates)
+        self._start(model, state, log_likelihood, num_updates, last_time)
 
     @_host_method
     def model_drifts(self) -> Float[Array, " M"]:
         """Each regime model's drift estimate."""
         return self.state.means[:, 0]
+
+
+# --- the pure step (for jit / vmap / scan) --------------------------------------------------
+
+
+class StepOutputs(eqx.Module):
+    """What one streaming step gives: the estimator's outputs after the step.
+
+    Attributes:
+        drift: ``E[mu | z_<=t]`` (bps/s; an IMM's mixture).
+        drift_var: its variance.
+        regime_probs: ``[M]`` (``[1.0]`` for a single model).
+        p_crisis: ``P(Crisis)`` (0 without a crisis regime).
+        log_likelihood_step: ``log p(z_t | z_<t)``.
+    """
+
+    drift: Scalar
+    drift_var: Scalar
+    regime_probs: Float[Array, " M"]
+    p_crisis: Scalar
+    log_likelihood_step: Scalar
+
+
+class StreamingStep:
+    """The streaming cycle as a pure function: ``step(state, z, dt) -> (state, outputs)``.
+
+    ``state`` is ``model.initial_state()`` or an estimator's ``state``; ``z`` is ``[m]``
+    (NaN = missing), ``dt`` a scalar ``>= 0`` (0: an update with no prediction). No
+    host-side checks: it works under ``jit``, ``vmap`` (over paths, instruments or
+    parameters: build it inside the mapped function from the mapped model) and inside
+    ``lax.scan``. Called directly it runs one compiled cycle, compiled once per model
+    structure (the model's parameters are arguments, not constants: another model of the
+    same shape reuses the compilation).
+
+    Attributes:
+        model: the model it steps.
+    """
+
+    def __init__(self, model):
+        check_model(model)
+        self.model = model
+
+    def __call__(self, state, z, dt) -> tuple[object, StepOutputs]:
+        return _pure_step(self.model, state, z, dt)
+
+    def __repr__(self) -> str:
+        return f"StreamingStep({type(self.model).__name__})"
+
+
+@jax.jit
+def _pure_step(model, state, z, dt):
+    z = jnp.reshape(jnp.asarray(z, model.dtype), (model.num_features,))
+    state, ll = model.cycle(state, z, jnp.asarray(dt, model.dtype))
+    mean, cov = model.state_moments(state)
+    probs = model.state_regime_probs(state)
+    ci = model.crisis_index
+    p_crisis = probs[ci] if ci >= 0 else jnp.zeros((), probs.dtype)
+    return state, StepOutputs(mean[0], cov[0, 0], probs, p_crisis, ll)
+
+
+def streaming_step(model) -> StreamingStep:
+    """The streaming estimators' cycle as a pure ``(state, z, dt) -> (state, outputs)``.
+
+    Arguments:
+        model: a ``dj.KalmanModel`` or ``dj.IMMModel``.
+
+    Returns:
+        A ``dj.StreamingStep`` (a callable holding the model).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, drift_jax as dj
+        >>> model = dj.KalmanModel(dj.OU(0.1, 1.0), dj.Observation.scalar(1.0), 0.0, 1.0)
+        >>> step = jax.jit(dj.streaming_step(model))
+        >>> state, out = step(model.initial_state(), jnp.array([0.5]), 0.1)
+        >>> bool(out.drift > 0), out.regime_probs.tolist()
+        (True, [1.0])
+    """
+    return StreamingStep(model)
+
+
+def _state_from_result(model, result):
+    """The filter state after the last step of a ``dj.filter`` result of ``model``."""
+    if isinstance(model, KalmanModel) and hasattr(result, "predicted_means"):
+        return KalmanState(result.means[-1], result.covs[-1])
+    if isinstance(model, IMMModel) and hasattr(result, "model_means"):
+        probs = result.regime_probs[-1]
+        tiny = jnp.finfo(probs.dtype).tiny
+        log_probs = jnp.log(jnp.maximum(probs, tiny))
+        return IMMState(log_probs, result.model_means[-1], result.model_covs[-1])
+    raise v.ArgumentTypeError(
+        f"`result` must be a dj.filter result of the model ({type(model).__name__}), got "
+        f"{type(result).__name__}."
+    )

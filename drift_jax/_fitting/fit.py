@@ -1,14 +1,27 @@
-"""``dj.fit`` / ``dj.fit_batch``: gradient fitting of a drift model and its return risk.
+"""``dj.fit`` / ``dj.fit_batch``: gradient fitting of a drift model and its return model.
 
 The optimiser loop runs inside ``jit``: a ``lax.scan`` over ``steps_per_call`` steps of
 ``(free coordinates, optimiser state)``, ``vmap``-ed over the starting points and, for
 ``dj.fit_batch``, over instruments. The Python loop outside only moves between chunks
-(progress bar, checkpoint, early stopping); ``steps``, ``rtol`` and ``patience`` are traced,
-so a chunk is compiled once per model structure and data shape, not per setting.
+(progress bar, checkpoint, early stopping); ``steps``, ``gtol``, ``rtol`` and ``patience``
+are traced, so a chunk is compiled once per model structure and data shape, not per
+setting.
+
+The default optimiser is L-BFGS (``optax.lbfgs()``, a zoom line search); a start stops
+when the norm of its gradient in free coordinates is at most ``gtol`` (converged), or
+when its loss has stopped changing (``rtol``, ``patience``: the line search cannot make
+progress, e.g. at the floating-point floor; converged only if the gradient is small).
+With an optimiser whose state stores the value and gradient at the accepted point (a line
+search: ``optax.value_and_grad_from_state``), each step reuses them instead of
+recomputing.
+
+With returns, the fit runs in two stages by default: the filter on the features alone,
+then the return model with the filter held fixed (see ``dj.fit``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -35,11 +48,22 @@ from .losses import (
 )
 from .params import FitParams, constrain, perturb, trainable_mask, unconstrain
 
+STAGES = ("two-stage", "joint")
+_FORMAT = 2  # checkpoint format: (starts, fixed parameters, loop state, loss history)
+
 
 @functools.cache
 def _default_optimizer() -> optax.GradientTransformation:
     # One object for every call, so the compiled chunk is reused across fits.
-    return optax.adam(1e-2)
+    return optax.lbfgs()
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    """``(gtol, rtol)`` when ``dj.fit`` is given ``None``: ``(1e-6, 1e-12)`` in float64,
+    ``(1e-3, 1e-6)`` in float32 (a float32 loss's gradient is not good to 1e-6)."""
+    if jnp.dtype(dtype) == jnp.float64:
+        return 1e-6, 1e-12
+    return 1e-3, 1e-6
 
 
 class FitResult(eqx.Module):
@@ -47,15 +71,28 @@ class FitResult(eqx.Module):
 
     Attributes:
         model: the fitted model (the best start's).
-        risk: the fitted ``dj.RiskModel``, or ``None`` when there was none.
-        loss_history: the loss (per time step) before each optimiser step, ``[steps]``;
-            NaN after the fit stopped early.
-        converged: whether the relative change of the loss stayed below ``rtol`` for
-            ``patience`` steps in a row (``False`` when ``steps`` ran out first, or the
-            loss became non-finite).
-        num_steps: optimiser steps applied.
+        risk: the fitted return model (``dj.RiskModel`` / ``dj.RegimeReturnModel``), or
+            ``None`` when there was none.
+        loss_history: the loss (per time step) before each optimiser step of the last
+            stage, ``[steps]``; NaN after the fit stopped.
+        converged: whether the gradient norm in free coordinates at the returned
+            parameters is at most ``gtol`` (``grad_norm <= gtol``), in every stage that
+            ran. ``False`` when ``steps`` ran out first, the loss stopped changing with a
+            larger gradient (``rtol``), or the loss became non-finite.
+        num_steps: optimiser steps applied in the last stage.
         best_start: index of the start kept (0 is the given model, unperturbed).
         losses_per_start: final loss of every start, ``[n_starts]``.
+        grad_norm: the Euclidean norm of the gradient of the loss (per time step) in the
+            free coordinates of the last stage's trainable fields, at the returned
+            parameters (NaN when the loss is not finite there).
+        stage1: with a two-stage fit (returns, ``stages="two-stage"``), the first stage's
+            own ``FitResult`` (the filter fitted to the features alone, ``risk=None``: its
+            ``loss_history``, ``converged``, ``num_steps``, ``grad_norm``); ``None``
+            otherwise.
+        stages: the stages that ran, in order: ``("features",)`` (no returns, or a
+            two-stage fit whose return model is held), ``("features", "returns")`` (two
+            stages), ``("returns",)`` (only the return model is trainable) or
+            ``("joint",)``.
     """
 
     model: Any
@@ -65,6 +102,9 @@ class FitResult(eqx.Module):
     num_steps: Int[Array, "*batch"]
     best_start: Int[Array, "*batch"]
     losses_per_start: Float[Array, "*batch starts"]
+    grad_norm: Float[Array, "*batch"] | None = None  # None: a FitResult built by hand
+    stage1: Any = None
+    stages: tuple[str, ...] = eqx.field(static=True, default=("features",))
 
     @property
     def params(self) -> FitParams:
@@ -82,6 +122,7 @@ class _FitState(eqx.Module):
     calm: Int[Array, "N S"]
     done: Bool[Array, "N S"]
     failed: Bool[Array, "N S"]
+    small: Bool[Array, "N S"]
     num_steps: Int[Array, "N S"]
 
 
@@ -105,25 +146,67 @@ def _split(data: _Data):
     return (data.zs, data.dt, data.returns), axes
 
 
+def _stored_value_and_grad(opt_state):
+    """The value and gradient at the current point that the optimiser's state holds (a
+    line search's, as ``optax.value_and_grad_from_state`` reads them), or ``None``."""
+    try:
+        value = optax.tree.get(opt_state, "value")
+        grad = optax.tree.get(opt_state, "grad")
+    except (KeyError, ValueError):
+        return None
+    if value is None or grad is None:
+        return None
+    return value, grad
+
+
+def _value_fn(params, inputs, weights, prior, method):
+    def value_fn(r):
+        p = constrain(r, params)
+        return objective(p.model, p.risk, *inputs, weights, prior, method)
+
+    return value_fn
+
+
+def _all_values_and_grads(raw, params, data, weights, prior, method, p_axis):
+    """Loss and gradient of every (instrument, start): ``[N, S]`` and a tree like ``raw``."""
+
+    def one(r, p, inputs):
+        return jax.value_and_grad(_value_fn(p, inputs, weights, prior, method))(r)
+
+    inputs, axes = _split(data)
+    over_starts = jax.vmap(one, in_axes=(0, None, None))
+    if p_axis is None:  # shared parameters: closed over (their leaves need not be arrays)
+        return jax.vmap(lambda r, x: over_starts(r, params, x), in_axes=(0, axes))(raw, inputs)
+    return jax.vmap(over_starts, in_axes=(0, p_axis, axes))(raw, params, inputs)
+
+
 @eqx.filter_jit
 def _run_chunk(
-    state: _FitState, params, data: _Data, weights, settings, optimizer, prior, method, length
+    state: _FitState,
+    params,
+    data: _Data,
+    weights,
+    settings,
+    optimizer,
+    prior,
+    method,
+    length,
+    p_axis,
 ):
     """``length`` optimiser steps of every (instrument, start); returns the losses."""
-    steps, rtol, patience = settings
+    steps, rtol, patience, gtol = settings
     extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    stored = extra and _stored_value_and_grad(state.opt_state) is not None
 
-    def one(raw, opt_state, last, calm, done, failed, num, inputs, on):
-        def value_fn(r):
-            p = constrain(r, params)
-            return objective(p.model, p.risk, *inputs, weights, prior, method)
-
-        loss, grad = jax.value_and_grad(value_fn)(raw)
+    def one(raw, opt_state, loss, grad, last, calm, done, failed, small, num, p, inputs, on):
+        value_fn = _value_fn(p, inputs, weights, prior, method)
+        gnorm = optax.tree.norm(grad)
         active = on & ~done
-        finite = jnp.isfinite(loss)
-        small = (rtol > 0) & (jnp.abs(loss - last) <= rtol * jnp.abs(last))
-        calm = jnp.where(active, jnp.where(small, calm + 1, 0), calm)
-        stop = active & (~finite | (calm >= patience))
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        flat = (rtol > 0) & (jnp.abs(loss - last) <= rtol * jnp.abs(last))
+        calm = jnp.where(active, jnp.where(flat, calm + 1, 0), calm)
+        tiny = finite & (gnorm <= gtol)
+        stop = active & (~finite | tiny | (calm >= patience))
         apply = active & ~stop
         if extra:  # e.g. optax.lbfgs: line searches need the value and the function
             kwargs = dict(value=loss, grad=grad, value_fn=value_fn)
@@ -138,18 +221,62 @@ def _run_chunk(
             calm,
             done | stop,
             failed | (active & ~finite),
+            small | (active & tiny),
             num + apply.astype(num.dtype),
         )
         return out, jnp.where(active, loss, jnp.nan)
 
     inputs, axes = _split(data)
-    over_starts = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))
-    over_all = jax.vmap(over_starts, in_axes=(0, 0, 0, 0, 0, 0, 0, axes, None))
+    over_starts = jax.vmap(one, in_axes=(0,) * 10 + (None, None, None))
+    if state.last_loss.shape == (1, 1):
+        # One instrument, one start (a plain dj.fit): no vmap. Under vmap a line search's
+        # `lax.cond` on a batched predicate runs both branches (two loss-and-gradient
+        # evaluations per line-search step instead of one).
 
+        def over_all(*a):
+            first = [jax.tree.map(lambda x: x[0, 0], x) for x in a[:10]]
+            p = a[10] if p_axis is None else jax.tree.map(lambda x: x[0], a[10])
+            xs = tuple(
+                x if (ax is None or x is None) else x[0] for x, ax in zip(a[11], axes, strict=True)
+            )
+            out, loss = one(*first, p, xs, a[12])
+            return jax.tree.map(lambda x: x[None, None], out), loss[None, None]
+
+    elif p_axis is None:  # shared parameters: closed over
+
+        def over_all(*a):
+            run = jax.vmap(
+                lambda *b: over_starts(*b[:10], params, *b[10:]), in_axes=(0,) * 10 + (axes, None)
+            )
+            return run(*a[:10], *a[11:])
+
+    else:
+        over_all = jax.vmap(over_starts, in_axes=(0,) * 10 + (p_axis, axes, None))
     def body(s: _FitState, _):
         on = s.step < steps
+        if stored:
+            # The line search evaluated the loss and gradient at the point it accepted:
+            # reuse them (no evaluation besides the line search's); ``_stage`` fills them
+            # in before the first step.
+            loss, grad = _stored_value_and_grad(s.opt_state)
+        else:
+            loss, grad = _all_values_and_grads(
+                s.raw, params, data, weights, prior, method, p_axis
+            )
         carry, losses = over_all(
-            s.raw, s.opt_state, s.last_loss, s.calm, s.done, s.failed, s.num_steps, inputs, on
+            s.raw,
+            s.opt_state,
+            loss,
+            grad,
+            s.last_loss,
+            s.calm,
+            s.done,
+            s.failed,
+            s.small,
+            s.num_steps,
+            params,
+            inputs,
+            on,
         )
         return _FitState(carry[0], carry[1], s.step + 1, *carry[2:]), losses
 
@@ -157,14 +284,26 @@ def _run_chunk(
 
 
 @eqx.filter_jit
-def _final_losses(raw, params, data: _Data, weights, prior, method):
-    def value(r, inputs):
-        p = constrain(r, params)
-        return objective(p.model, p.risk, *inputs, weights, prior, method)
+def _evaluate(raw, params, data: _Data, weights, prior, method, p_axis):
+    """Loss ``[N, S]``, gradient (like ``raw``) and gradient norm ``[N, S]`` of every
+    (instrument, start) at ``raw``."""
+    loss, grad = _all_values_and_grads(raw, params, data, weights, prior, method, p_axis)
+    gnorm = jax.vmap(jax.vmap(optax.tree.norm))(grad)
+    return loss, grad, jnp.where(jnp.isfinite(loss), gnorm, jnp.nan)
 
-    inputs, axes = _split(data)
-    over_starts = jax.vmap(value, in_axes=(0, None))
-    return jax.vmap(over_starts, in_axes=(0, axes))(raw, inputs)
+
+def _fill_stored(state: _FitState, args, p_axis) -> _FitState:
+    """The value and gradient at the current point, written into an optimiser state that
+    stores them (a line search's) where they are missing (``inf`` before the first step)."""
+    stored = _stored_value_and_grad(state.opt_state)
+    if stored is None or bool(jnp.all(jnp.isfinite(stored[0]) | state.done)):
+        return state
+    fixed, data, weights, _, _, prior, method = args
+    loss, grad, _ = _evaluate(state.raw, fixed, data, weights, prior, method, p_axis)
+    value = loss.astype(stored[0].dtype)
+    grad = jax.tree.map(lambda g, old: g.astype(old.dtype), grad, stored[1])
+    opt_state = optax.tree.set(state.opt_state, value=value, grad=grad)
+    return eqx.tree_at(lambda s: s.opt_state, state, opt_state)
 
 
 def default_trainable(params: FitParams, with_returns: bool) -> FitParams:
@@ -176,20 +315,23 @@ def default_trainable(params: FitParams, with_returns: bool) -> FitParams:
     if params.risk is not None:
         if not with_returns:
             held.append(lambda p: p.risk)
-        elif params.model.crisis_index < 0:
+        elif params.model.crisis_index < 0 and hasattr(params.risk, "crisis_amplifier"):
             held.append(lambda p: p.risk.crisis_amplifier)  # P(Crisis) = 0: no information
     for where in held:
         mask = eqx.tree_at(where, mask, replace_fn=lambda n: jax.tree.map(lambda _: False, n))
     return mask
 
 
+def _mask_of(params: FitParams, trainable, with_returns: bool):
+    if trainable is None:
+        return default_trainable(params, with_returns)
+    return trainable_mask(params, trainable)
+
+
 def trainable_coordinates(params: FitParams, trainable, with_returns: bool):
     """``(mask, free coordinates)`` of the fields ``trainable`` selects (default:
     ``default_trainable``); shared by ``dj.fit`` and ``dj.standard_errors``."""
-    if trainable is None:
-        mask = default_trainable(params, with_returns)
-    else:
-        mask = trainable_mask(params, trainable)
+    mask = _mask_of(params, trainable, with_returns)
     raw = unconstrain(params, mask)
     if not jax.tree.leaves(raw):
         raise ValueError(f"`trainable` selects no field to train; got trainable={trainable!r}.")
@@ -199,7 +341,7 @@ def trainable_coordinates(params: FitParams, trainable, with_returns: bool):
 def _prepare_data(model, zs, dt, returns, batched: bool) -> _Data:
     dtype, m = model.dtype, model.num_features
     if not batched:
-        z = prepare_observations(zs, m, dtype)
+        z = prepare_observations(zs, m, dtype, model.observation.feature_names)
         T = z.shape[0]
         d = prepare_dt(dt, T, dtype)
         r = None if returns is None else prepare_returns(returns, T, dtype)[None]
@@ -237,27 +379,37 @@ def _stack(trees: list):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _save(path: Path, starts, state: _FitState, history: np.ndarray, step: int) -> None:
+def _save(path: Path, ident, state: _FitState, history: np.ndarray, step: int) -> None:
     N, S = history.shape[1:]
-    header = np.array([1, step, N, S], dtype=np.int64)  # format version, step, N, S
+    header = np.array([_FORMAT, step, N, S], dtype=np.int64)  # format, step, N, S
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         eqx.tree_serialise_leaves(f, header)
-        eqx.tree_serialise_leaves(f, (starts, state, history[:step]))
+        eqx.tree_serialise_leaves(f, (ident, state, history[:step]))
     os.replace(tmp, path)  # atomic: an interrupted write never leaves a torn checkpoint
 
 
-def _load(path: Path, starts, state: _FitState, N: int, S: int):
+def _load(path: Path, ident, state: _FitState, N: int, S: int, restart_if_other: bool):
+    """``(state, history, step)`` from ``path``; ``None`` when the checkpoint was written
+    from other fixed parameters and ``restart_if_other`` (a second stage whose first
+    stage has since moved: it starts afresh)."""
     with open(path, "rb") as f:
         header = eqx.tree_deserialise_leaves(f, np.zeros(4, np.int64))
         version, step, n_saved, s_saved = (int(x) for x in header)
-        if version != 1 or (n_saved, s_saved) != (N, S):
+        if version != _FORMAT or (n_saved, s_saved) != (N, S):
             raise ValueError(
                 f"`checkpoint` {str(path)!r} holds a fit of {n_saved} instrument(s) x "
-                f"{s_saved} start(s) (format {version}); this fit has {N} x {S}."
+                f"{s_saved} start(s) (format {version}); this fit has {N} x {S} (format "
+                f"{_FORMAT})."
             )
-        like = (starts, state, np.zeros((step, N, S), np.asarray(state.last_loss).dtype))
-        loaded = eqx.tree_deserialise_leaves(f, like)
+        like = (ident, state, np.zeros((step, N, S), np.asarray(state.last_loss).dtype))
+        try:
+            loaded = eqx.tree_deserialise_leaves(f, like)
+        except Exception as err:  # noqa: BLE001 -- re-raised with the file named
+            raise ValueError(
+                f"`checkpoint` {str(path)!r} was written by a fit of another model, data "
+                f"size or optimiser ({err})."
+            ) from err
     for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(loaded), strict=True):
         if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
             raise ValueError(
@@ -265,17 +417,154 @@ def _load(path: Path, starts, state: _FitState, N: int, S: int):
                 f"size or optimiser (a leaf of shape {np.shape(b)} where {np.shape(a)} is "
                 f"expected)."
             )
-    saved_starts, saved_state, history = loaded
+    saved_ident, saved_state, history = loaded
     same = jax.tree.map(
-        lambda a, b: bool(np.array_equal(a, b, equal_nan=True)), starts, saved_starts
+        lambda a, b: bool(np.array_equal(a, b, equal_nan=True)), ident, saved_ident
     )
-    if not all(jax.tree.leaves(same)):
+    starts_same = all(jax.tree.leaves(same[0]))
+    fixed_same = all(jax.tree.leaves(same[1]))
+    if starts_same and not fixed_same and restart_if_other:
+        return None
+    if not (starts_same and fixed_same):
         raise ValueError(
             f"`checkpoint` {str(path)!r} was written by a fit from other starting values "
             f"(model, trainable fields, key, n_starts or init_scale differ); pass "
             f"resume=False to start afresh."
         )
     return saved_state, history, step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The settings shared by the stages of one ``dj.fit`` call."""
+
+    optimizer: Any
+    prior: Any
+    method: Any
+    steps: int
+    steps_per_call: int
+    n_starts: int
+    init_scale: float
+    patience: int
+    resume: bool
+    progress: bool
+    batched: bool
+    key: Any
+    rtol: Any
+    gtol: Any
+
+
+def _stage(
+    setup: _Setup,
+    start: FitParams,
+    fixed: FitParams,
+    p_axis,
+    mask,
+    data: _Data,
+    weights,
+    path: Path | None,
+    label: str,
+    restart_if_other: bool = False,
+) -> FitResult:
+    """One optimisation: the fields ``mask`` selects, from ``start``; the others from
+    ``fixed`` (batched over instruments along ``p_axis`` when that is 0)."""
+    raw0 = unconstrain(start, mask)
+    keys = jax.random.split(setup.key, setup.n_starts)
+    starts = _stack(
+        [raw0] + [perturb(raw0, keys[s], setup.init_scale) for s in range(1, setup.n_starts)]
+    )
+    N, S = data.zs.shape[0], setup.n_starts
+    dtype = start.model.dtype
+    raw = jax.tree.map(lambda x: jnp.broadcast_to(x, (N, *x.shape)), starts)
+    opt_state = jax.vmap(jax.vmap(setup.optimizer.init))(raw)
+    state = _FitState(
+        raw,
+        opt_state,
+        jnp.zeros((), jnp.int32),
+        jnp.full((N, S), jnp.nan, dtype),
+        jnp.zeros((N, S), jnp.int32),
+        jnp.zeros((N, S), bool),
+        jnp.zeros((N, S), bool),
+        jnp.zeros((N, S), bool),
+        jnp.zeros((N, S), jnp.int32),
+    )
+    ident = (starts, eqx.filter(fixed, eqx.is_array))
+    steps = setup.steps
+    history = np.full((steps, N, S), np.nan, dtype=np.dtype(dtype))
+    step = 0
+    if setup.resume and path is not None and path.exists():
+        loaded = _load(path, ident, state, N, S, restart_if_other)
+        if loaded is not None:
+            state, saved, step = loaded
+            if step > steps:
+                raise ValueError(
+                    f"`checkpoint` {str(path)!r} is at step {step}, beyond steps={steps}; "
+                    f"pass steps >= {step} to continue it (or resume=False to start afresh)."
+                )
+            history[:step] = np.asarray(saved)
+    settings = (
+        jnp.asarray(steps, jnp.int32),
+        setup.rtol,
+        jnp.asarray(setup.patience, jnp.int32),
+        setup.gtol,
+    )
+    args = (fixed, data, weights, settings, setup.optimizer, setup.prior, setup.method)
+
+    from tqdm.auto import tqdm
+
+    extra = isinstance(setup.optimizer, optax.GradientTransformationExtraArgs)
+    with tqdm(total=steps, initial=step, disable=not setup.progress, desc=label) as bar:
+        while step < steps and not bool(jnp.all(state.done)):
+            if extra:
+                state = _fill_stored(state, args, p_axis)
+            state, losses = _run_chunk(state, *args, setup.steps_per_call, p_axis)
+            new_step = min(step + setup.steps_per_call, steps)
+            history[step:new_step] = np.asarray(losses)[: new_step - step]
+            state = eqx.tree_at(lambda s: s.step, state, jnp.asarray(new_step, jnp.int32))
+            bar.update(new_step - step)
+            bar.set_postfix(loss=f"{float(np.nanmin(np.asarray(state.last_loss))):.6g}")
+            step = new_step
+            if path is not None:
+                _save(path, ident, state, history, step)
+
+    finals, _, gnorms = _evaluate(
+        state.raw, fixed, data, weights, setup.prior, setup.method, p_axis
+    )  # [N, S]
+    best = jnp.argmin(jnp.where(jnp.isnan(finals), jnp.inf, finals), axis=1)
+    idx = jnp.arange(N)
+    best_raw = jax.tree.map(lambda x: x[idx, best], state.raw)
+    gnorm = gnorms[idx, best]
+    converged = ((state.small & ~state.failed)[idx, best] | (gnorm <= setup.gtol)) & (
+        jnp.isfinite(gnorm)
+    )
+    hist = jnp.asarray(history[:, np.arange(N), np.asarray(best)].T)  # [N, steps]
+    if p_axis is None:
+        fitted = jax.vmap(lambda r: constrain(r, fixed))(best_raw)
+    else:
+        fitted = jax.vmap(constrain, in_axes=(0, p_axis))(best_raw, fixed)
+    out = FitResult(
+        fitted.model,
+        fitted.risk,
+        hist,
+        converged,
+        state.num_steps[idx, best],
+        best,
+        finals,
+        gnorm,
+    )
+    return out
+
+
+def _unbatch(res: FitResult) -> FitResult:
+    return jax.tree.map(lambda x: x[0], res)
+
+
+def _split_mask(mask: FitParams):
+    """``(the model's part, the return model's part)`` of a trainable mask."""
+    falses = jax.tree.map(lambda _: False, mask)
+    model_part = FitParams(mask.model, falses.risk)
+    risk_part = FitParams(falses.model, mask.risk)
+    return model_part, risk_part
 
 
 def _drive(
@@ -295,8 +584,10 @@ def _drive(
     n_starts,
     key,
     init_scale,
+    gtol,
     rtol,
     patience,
+    stages,
     steps_per_call,
     checkpoint,
     resume,
@@ -306,18 +597,23 @@ def _drive(
     _check_model(model)
     method = resolve_method(method, model)
     if risk is not None:
-        _check_risk(risk)
+        _check_risk(risk, model)
     if returns is not None and risk is None:
         raise ValueError(
-            "`returns` are scored under sigma_effective = sigma_base (1 + crisis_amplifier "
-            "P(Crisis)), so they need a starting `risk=dj.RiskModel(sigma_base, "
-            "crisis_amplifier)`; got risk=None."
+            "`returns` are scored by a return model, so they need a starting "
+            "`risk=dj.RiskModel(sigma_base, crisis_amplifier)` or "
+            "`risk=dj.RegimeReturnModel(vols)`; got risk=None."
         )
+    stages = v.one_of("stages", stages, STAGES, "'two-stage' (the default) or 'joint'")
     steps = v.positive_int("steps", steps, "an integer")
     steps_per_call = v.positive_int("steps_per_call", steps_per_call, "an integer")
     n_starts = v.positive_int("n_starts", n_starts, "an integer")
     patience = v.positive_int("patience", patience, "an integer")
     dtype = model.dtype
+    gtol0, rtol0 = default_tolerances(dtype)
+    gtol = gtol0 if gtol is None else gtol
+    rtol = rtol0 if rtol is None else rtol
+    gtol = v.scalar("gtol", v.nonnegative("gtol", gtol, dtype))
     rtol = v.scalar("rtol", v.nonnegative("rtol", rtol, dtype))
     init_scale = float(v.scalar("init_scale", v.nonnegative("init_scale", init_scale)))
     weights = check_weights(feature_weight, return_weight, dtype)
@@ -325,87 +621,79 @@ def _drive(
     optimizer = _default_optimizer() if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise v.ArgumentTypeError(
-            f"`optimizer` must be an optax.GradientTransformation (e.g. optax.adam(1e-2)), "
-            f"got {optimizer!r}."
+            f"`optimizer` must be an optax.GradientTransformation (e.g. optax.lbfgs() or "
+            f"optax.adam(1e-2)), got {optimizer!r}."
         )
     if resume and checkpoint is None:
         raise ValueError("`resume=True` needs a `checkpoint` path to resume from; got None.")
     path = None if checkpoint is None else Path(checkpoint)
     data = _prepare_data(model, zs, dt, returns, batched)
-
-    params = FitParams(model, risk)
-    mask, raw0 = trainable_coordinates(params, trainable, returns is not None)
     key = jax.random.key(0) if key is None else key
-    keys = jax.random.split(key, n_starts)
-    starts = _stack([raw0] + [perturb(raw0, keys[s], init_scale) for s in range(1, n_starts)])
-    N, S = data.zs.shape[0], n_starts
-    raw = jax.tree.map(lambda x: jnp.broadcast_to(x, (N, *x.shape)), starts)
-    opt_state = jax.vmap(jax.vmap(optimizer.init))(raw)
-    state = _FitState(
-        raw,
-        opt_state,
-        jnp.zeros((), jnp.int32),
-        jnp.full((N, S), jnp.nan, dtype),
-        jnp.zeros((N, S), jnp.int32),
-        jnp.zeros((N, S), bool),
-        jnp.zeros((N, S), bool),
-        jnp.zeros((N, S), jnp.int32),
+    setup = _Setup(
+        optimizer,
+        prior,
+        method,
+        steps,
+        steps_per_call,
+        n_starts,
+        init_scale,
+        patience,
+        bool(resume),
+        bool(progress),
+        batched,
+        key,
+        rtol,
+        gtol,
     )
-    history = np.full((steps, N, S), np.nan, dtype=np.dtype(dtype))
-    step = 0
-    if resume and path is not None and path.exists():
-        state, saved, step = _load(path, starts, state, N, S)
-        if step > steps:
-            raise ValueError(
-                f"`checkpoint` {str(path)!r} is at step {step}, beyond steps={steps}; pass "
-                f"steps >= {step} to continue it (or resume=False to start afresh)."
-            )
-        history[:step] = np.asarray(saved)
-    settings = (jnp.asarray(steps, jnp.int32), rtol, jnp.asarray(patience, jnp.int32))
+    params = FitParams(model, risk)
+    with_returns = returns is not None
+    # Only to raise "selects no field" early, as a one-stage fit does.
+    mask, _ = trainable_coordinates(params, trainable, with_returns)
 
-    from tqdm.auto import tqdm
+    if not with_returns or stages == "joint":
+        label = "dj.fit" if not with_returns else "dj.fit (joint)"
+        res = _stage(setup, params, params, None, mask, data, weights, path, label)
+        res = dataclasses.replace(res, stages=("joint",) if with_returns else ("features",))
+        return res if batched else _unbatch(res)
 
-    with tqdm(total=steps, initial=step, disable=not progress, desc="dj.fit") as bar:
-        while step < steps and not bool(jnp.all(state.done)):
-            state, losses = _run_chunk(
-                state, params, data, weights, settings, optimizer, prior, method, steps_per_call
-            )
-            new_step = min(step + steps_per_call, steps)
-            history[step:new_step] = np.asarray(losses)[: new_step - step]
-            state = eqx.tree_at(lambda s: s.step, state, jnp.asarray(new_step, jnp.int32))
-            bar.update(new_step - step)
-            bar.set_postfix(loss=f"{float(np.nanmin(np.asarray(state.last_loss))):.6g}")
-            step = new_step
-            if path is not None:
-                _save(path, starts, state, history, step)
-
-    finals = _final_losses(state.raw, params, data, weights, prior, method)  # [N, S]
-    best = jnp.argmin(jnp.where(jnp.isnan(finals), jnp.inf, finals), axis=1)
-    idx = jnp.arange(N)
-    best_raw = jax.tree.map(lambda x: x[idx, best], state.raw)
-    converged = (state.done & ~state.failed)[idx, best]
-    hist = jnp.asarray(history[:, np.arange(N), np.asarray(best)].T)  # [N, steps]
-    if batched:
-        fitted = jax.vmap(lambda r: constrain(r, params))(best_raw)
-        return FitResult(
-            fitted.model,
-            fitted.risk,
-            hist,
-            converged,
-            state.num_steps[idx, best],
-            best,
-            finals,
+    model_mask, risk_mask = _split_mask(mask)
+    any_model = any(jax.tree.leaves(model_mask))
+    any_risk = any(jax.tree.leaves(risk_mask))
+    if not any_risk:
+        raise ValueError(
+            "with returns and stages='two-stage', the returns fit only the return model "
+            "(stage 2), and `trainable` holds all of it fixed; pass stages='joint' to let "
+            f"the returns inform the filter, or train the return model; got "
+            f"trainable={trainable!r}."
         )
-    fitted = constrain(jax.tree.map(lambda x: x[0], best_raw), params)
-    return FitResult(
-        fitted.model,
-        fitted.risk,
-        hist[0],
-        converged[0],
-        state.num_steps[0, best[0]],
-        best[0],
-        finals[0],
+    stage1 = None
+    fitted_model, p_axis = model, None
+    if any_model:
+        path1 = None if path is None else path.with_name(path.name + ".stage1")
+        features = _Data(data.zs, data.dt, None, data.dt_batched)
+        w1 = weights.at[1].set(0.0)
+        label = "dj.fit (stage 1: features)"
+        stage1 = _stage(setup, params, params, None, model_mask, features, w1, path1, label)
+        stage1 = dataclasses.replace(stage1, risk=None)
+        fitted_model, p_axis = stage1.model, 0
+    N = data.zs.shape[0]
+    risk_b = jax.tree.map(lambda x: jnp.broadcast_to(x, (N, *jnp.shape(x))), risk)
+    if p_axis is None:
+        fixed = params
+    else:
+        fixed = FitParams(fitted_model, risk_b)
+    label = "dj.fit (stage 2: returns)" if any_model else "dj.fit (returns)"
+    res = _stage(
+        setup, params, fixed, p_axis, risk_mask, data, weights, path, label, restart_if_other=True
     )
+    if stage1 is not None:
+        converged = res.converged & stage1.converged
+        res = dataclasses.replace(
+            res, converged=converged, stage1=stage1, stages=("features", "returns")
+        )
+    else:
+        res = dataclasses.replace(res, stages=("returns",))
+    return res if batched else _unbatch(res)
 
 
 def fit(
@@ -424,20 +712,44 @@ def fit(
     n_starts=1,
     key=None,
     init_scale=0.1,
-    rtol=1e-7,
+    gtol=None,
+    rtol=None,
     patience=5,
+    stages="two-stage",
     steps_per_call=50,
     checkpoint=None,
     resume: bool = False,
     progress: bool = True,
     method=SEQUENTIAL,
 ) -> FitResult:
-    """Fit a drift model (and its return risk) to one series by gradient descent.
+    """Fit a drift model (and its return model) to one series by gradient.
 
     Minimises ``dj.fit_loss``: ``(feature_weight * feature NLL + return_weight * return
     NLL - log prior) / T`` over the trainable fields, each in free coordinates
     (``dj.unconstrain``), so every iterate is a valid model (``theta, sigma > 0``, ``Pi``
     row-stochastic, ``R`` and ``init_cov`` SPD). Fixed fields are returned bit for bit.
+
+    By default the optimiser is L-BFGS (``optax.lbfgs()``: a quasi-Newton direction and a
+    zoom line search, a few loss evaluations per step), and a start stops when the norm of
+    its gradient in free coordinates falls to ``gtol``: then ``converged`` is ``True``
+    and ``grad_norm`` says how small. A loss that stops changing is not convergence.
+
+    **Returns: two stages.** With ``returns``, the fit runs by default in two stages:
+    stage 1 fits the filter's trainable fields to the features alone (``feature_weight *
+    feature NLL - log prior``); stage 2 fits the return model's trainable fields with the
+    filter held at stage 1's estimate (the full loss). The filter is then the features'
+    maximum-likelihood estimate, whatever the return model: in a joint fit the return
+    term also pulls the regime parameters (``Pi``, the regimes' ``theta`` and ``sigma``)
+    towards whatever makes a misspecified return model fit better. Measured on returns
+    drawn with a per-regime volatility and scored by ``dj.RiskModel`` (issue 11): the
+    joint fit ended 1,067 nats below the truth's loss with 1 of 15 parameters within 2
+    standard errors. ``stages="joint"`` minimises the one joint loss over everything (the
+    efficient estimator when the return model is correctly specified, e.g.
+    ``dj.RegimeReturnModel`` for per-regime volatilities). ``result.stages`` names the
+    stages that ran and ``result.stage1`` keeps the first stage's result. Standard errors
+    of a two-stage fit: ``dj.standard_errors(result.stage1, zs, dt)`` for the filter and
+    ``dj.standard_errors(result, zs, dt, returns=returns, trainable=lambda p: p.risk)``
+    for the return model (conditional on the filter).
 
     Arguments:
         model: the starting ``dj.KalmanModel`` or ``dj.IMMModel``.
@@ -445,22 +757,27 @@ def fit(
         dt: step lengths in seconds, a scalar or ``[T]``.
         returns: realised returns ``[T]`` (bps), ``returns[k]`` over step ``k``'s interval;
             adds the predictive return NLL (``dj.return_nll``; NaN = missing).
-        risk: the starting ``dj.RiskModel``, required with ``returns``.
+        risk: the starting return model, required with ``returns``: ``dj.RiskModel``
+            (``sigma_base (1 + crisis_amplifier P(Crisis))``) or ``dj.RegimeReturnModel``
+            (one vol per regime, a mixture over the predicted regime).
         trainable: the fields to train; the rest are held fixed exactly. A selector over
             ``dj.FitParams(model, risk)`` as ``eqx.tree_at`` takes (``lambda p:
             (p.model.dynamics[0].theta, p.risk)``; a sub-module trains all its fields), or
             a pytree of bools with that structure or a prefix of it. Default: the dynamics
-            of every regime, ``R`` (``cov_chol``) and ``Pi``, plus ``sigma_base`` (and, for
-            an IMM, ``crisis_amplifier``) when ``returns`` are given. Held by default: the
-            ``loadings`` (they set the drift's scale: with ``sigma`` free the likelihood is
-            flat along ``alpha -> c alpha``, ``sigma -> sigma / c``) and the initial prior
-            ``init_mean``, ``init_cov``, ``init_probs`` (one observation's worth of
-            information). A trainable ``theta`` (or other positive field) must start
-            ``> 0``: hold ``theta = 0`` fixed.
-        optimizer: an optax transformation (default ``optax.adam(1e-2)``); one whose
+            of every regime, ``R`` (``cov_chol``) and ``Pi``, plus the return model when
+            ``returns`` are given (``sigma_base`` and, for an IMM, ``crisis_amplifier``;
+            or ``vols``). Held by default: the ``loadings`` (they set the drift's scale:
+            with ``sigma`` free the likelihood is flat along ``alpha -> c alpha``,
+            ``sigma -> sigma / c``) and the initial prior ``init_mean``, ``init_cov``,
+            ``init_probs`` (one observation's worth of information). A trainable
+            ``theta`` (or other positive field) must start ``> 0``: hold ``theta = 0``
+            fixed.
+        optimizer: an optax transformation (default ``optax.lbfgs()``); one whose
             ``update`` takes extra arguments (``optax.lbfgs()``) gets ``value``, ``grad``
-            and ``value_fn``. Pass the same object to reuse the compiled loop.
-        steps: the maximum number of optimiser steps.
+            and ``value_fn``, and when its state stores the value and gradient at the
+            accepted point (a line search) they are reused for the next step. Pass the
+            same object to reuse the compiled loop.
+        steps: the maximum number of optimiser steps (per stage).
         feature_weight, return_weight: weights (``>= 0``) of the two NLL terms.
         prior: ``None`` or a callable ``(model, risk) -> log prior density``, e.g.
             ``dj.sticky_prior(20.0)`` (like ``optimizer``, a static argument of the compiled
@@ -471,17 +788,34 @@ def fit(
         key: PRNG key for the perturbed starts (default ``jax.random.key(0)``).
         init_scale: standard deviation of the perturbation, in free coordinates (0.1 is
             about 10% on ``theta`` or ``sigma``).
-        rtol: early stopping: a start stops once ``|L_k - L_{k-1}| <= rtol |L_{k-1}|`` for
-            ``patience`` steps in a row (its last step is then not applied, so the result
-            equals a fit of ``num_steps`` steps with ``rtol=0``). ``0`` disables it.
+        gtol: the convergence rule: a start stops, converged, once the Euclidean norm of
+            the gradient of the loss (per time step) in free coordinates is ``<= gtol``
+            (its last step is then not applied, so the result equals a fit of
+            ``num_steps`` steps). Default (``None``): ``1e-6`` in float64 (a parameter's
+            free coordinate is then within ``gtol / lambda_min`` of the optimum, with
+            ``lambda_min`` the smallest eigenvalue of the per-step Hessian; on the Nile
+            local level 4e-5 relative), ``1e-3`` in float32. ``0`` disables it.
+        rtol: a secondary stopping rule, not convergence: a start also stops once
+            ``|L_k - L_{k-1}| <= rtol |L_{k-1}|`` for ``patience`` steps in a row (the
+            loss no longer moves: a line search at the floating-point floor, or a
+            first-order optimiser that has stalled); it is reported ``converged`` only if
+            its gradient is small. Default (``None``): ``1e-12`` in float64, ``1e-6`` in
+            float32. ``0`` disables it.
         patience: see ``rtol``.
+        stages: with ``returns``: ``"two-stage"`` (default: the filter on the features,
+            then the return model with the filter fixed; see above) or ``"joint"`` (one
+            fit of everything). Without returns there is one stage either way.
         steps_per_call: optimiser steps per compiled chunk (a ``lax.scan``) between
             progress-bar updates, checkpoints and the early-stopping check.
         checkpoint: ``None`` or a file path, rewritten (atomically) after every chunk
-            with ``eqx.tree_serialise_leaves`` of the starts, the free coordinates, the
-            optimiser state, the step and the loss history.
+            with ``eqx.tree_serialise_leaves`` of the starts, the fixed parameters, the
+            free coordinates, the optimiser state, the step and the loss history. A
+            two-stage fit writes its first stage to ``<checkpoint>.stage1`` and its
+            second to ``checkpoint``.
         resume: continue from ``checkpoint`` if the file exists (a fit that resumes
-            equals an uninterrupted one bit for bit); otherwise start afresh.
+            equals an uninterrupted one bit for bit); otherwise start afresh. A second
+            stage whose first stage has moved since (resumed with more ``steps``) starts
+            afresh.
         progress: show a tqdm progress bar.
         method: how the filter runs and is differentiated inside the loss, as for
             ``dj.filter`` (default ``dj.Sequential()``: the model's default adjoint, the
@@ -490,8 +824,8 @@ def fit(
 
     Returns:
         A ``dj.FitResult`` with the fitted ``model`` and ``risk``, ``loss_history``
-        ``[steps]``, ``converged``, ``num_steps``, ``best_start`` and
-        ``losses_per_start`` ``[n_starts]``.
+        ``[steps]``, ``converged``, ``num_steps``, ``best_start``, ``losses_per_start``
+        ``[n_starts]``, ``grad_norm``, ``stage1`` and ``stages``.
 
     Example:
         >>> import jax, numpy as np, drift_jax as dj
@@ -499,9 +833,11 @@ def fit(
         >>> mu = np.cumsum(rng.normal(0.0, 0.5, 400)) * 0.3
         >>> zs = mu + rng.normal(0.0, 1.0, 400)
         >>> start = dj.KalmanModel(dj.OU(0.5, 1.0), dj.Observation.scalar(2.0))
-        >>> res = dj.fit(start, zs, 1.0, steps=200, progress=False)
-        >>> bool(res.loss_history[-1] < res.loss_history[0]), res.loss_history.shape
-        (True, (200,))
+        >>> res = dj.fit(start, zs, 1.0, progress=False)
+        >>> bool(res.converged), bool(res.grad_norm <= 1e-3), int(res.num_steps) < 100
+        (True, True, True)
+        >>> bool(res.loss_history[int(res.num_steps)] < res.loss_history[0])
+        True
     """
     return _drive(
         model,
@@ -519,8 +855,10 @@ def fit(
         n_starts=n_starts,
         key=key,
         init_scale=init_scale,
+        gtol=gtol,
         rtol=rtol,
         patience=patience,
+        stages=stages,
         steps_per_call=steps_per_call,
         checkpoint=checkpoint,
         resume=resume,
@@ -533,7 +871,8 @@ def fit_batch(model, zs, dt, *, returns=None, risk=None, **kwargs) -> FitResult:
     """``dj.fit`` of ``N`` instruments at once (``vmap``), each from the same start.
 
     The same as ``N`` separate ``dj.fit`` calls (up to floating-point rounding), in one
-    compiled loop; the Python loop stops early once every instrument and start has.
+    compiled loop; the Python loop stops early once every instrument and start has. With
+    an L-BFGS line search, an iteration lasts as long as the slowest instrument's search.
 
     Arguments:
         model: the starting model, shared by all instruments.
@@ -551,8 +890,8 @@ def fit_batch(model, zs, dt, *, returns=None, risk=None, **kwargs) -> FitResult:
         >>> zs = np.random.default_rng(0).normal(size=(3, 100))
         >>> start = dj.KalmanModel(dj.OU(0.5, 1.0), dj.Observation.scalar(2.0))
         >>> res = dj.fit_batch(start, zs, 1.0, steps=20, progress=False)
-        >>> res.model.dynamics.sigma.shape, res.loss_history.shape
-        ((3,), (3, 20))
+        >>> res.model.dynamics.sigma.shape, res.loss_history.shape, res.grad_norm.shape
+        ((3,), (3, 20), (3,))
     """
     unknown = set(kwargs) - _FIT_OPTIONS
     if unknown:

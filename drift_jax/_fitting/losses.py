@@ -3,22 +3,25 @@
 - Feature NLL: ``-sum_t log p(z_t | z_<t)``, the filter's log-likelihood (Kalman or IMM).
 - Predictive return NLL: ``returns[k]`` is the realised return (bps) over step ``k``'s
   interval ``(t_{k-1}, t_k]`` of length ``dt[k]``. With the filter's output after step
-  ``k`` (information up to ``t_k`` only), the next return is scored under
+  ``k`` (information up to ``t_k`` only), the next return ``returns[k + 1]`` is scored
+  under the return model ``risk`` (``_models/returns.py``), for ``k = 0 .. T - 2``; a NaN
+  return is missing and adds 0:
 
-      returns[k + 1] ~ N(mu_hat_k dt[k + 1], sigma_eff_k^2 dt[k + 1]),
-      sigma_eff_k = sigma_base (1 + crisis_amplifier P_k(Crisis)),
+  - ``dj.RiskModel`` (the specification's): ``N(mu_hat_k dt[k + 1], sigma_eff_k^2
+    dt[k + 1])``, ``sigma_eff_k = sigma_base (1 + crisis_amplifier P_k(Crisis))``; a
+    ``KalmanModel`` has no regimes: ``P(Crisis) = 0`` and ``sigma_eff = sigma_base``.
+  - ``dj.RegimeReturnModel(vols)``: the mixture ``sum_j p_{k+1|k}(j) N(mu_hat_k dt[k + 1],
+    vols_j^2 dt[k + 1])`` over the next step's predicted regime probabilities.
 
-  for ``k = 0 .. T - 2``; a NaN return is missing and adds 0. A ``KalmanModel`` has no
-  regimes: ``P(Crisis) = 0`` and ``sigma_eff = sigma_base``. Gradients reach the filter's
-  parameters through ``mu_hat`` and ``P(Crisis)``, which is what makes ``sigma_base`` and
-  ``crisis_amplifier`` learnable.
+  Gradients reach the filter's parameters through ``mu_hat`` and the regime
+  probabilities, which is what makes the return model learnable (and, in a joint fit, lets
+  a misspecified return model pull the filter: see ``dj.fit``'s ``stages``).
 - Priors: any callable ``(model, risk) -> log density``; ``dj.dirichlet_prior`` and
   ``dj.sticky_prior`` put a Dirichlet on each row of ``Pi``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -31,8 +34,6 @@ from .._core.types import Array, DtLike, Float, ObsLike, Scalar
 from .._filters.methods import SEQUENTIAL, AbstractFilterMethod, resolve_method
 from .._models.model import check_model
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
 LogPrior = Callable[..., Scalar]
 
 
@@ -40,12 +41,16 @@ def _check_model(model):
     check_model(model)
 
 
-def _check_risk(risk):
-    from .._models.risk import RiskModel
+RETURN_MODELS = "a dj.RiskModel (sigma_base, crisis_amplifier) or a dj.RegimeReturnModel (vols)"
 
-    v.instance(
-        "risk", risk, RiskModel, "a dj.RiskModel (sigma_base, crisis_amplifier) to score returns"
-    )
+
+def _check_risk(risk, model=None):
+    """``risk`` is a return model (and, given ``model``, one that fits it)."""
+    from .._models.returns import AbstractReturnModel
+
+    v.instance("risk", risk, AbstractReturnModel, RETURN_MODELS + " to score returns")
+    if model is not None:
+        risk.check_model(model)
 
 
 def prepare_returns(returns, num_steps: int, dtype) -> Float[Array, " T"]:
@@ -71,26 +76,15 @@ def predictive_return_nll(result, risk, dt, returns) -> Scalar:
     """Return NLL from a filter ``result`` (no look-ahead); see the module docstring.
 
     Arguments:
-        result: ``dj.filter``'s output (its ``drift`` and ``p_crisis``).
-        risk: a ``dj.RiskModel``.
+        result: ``dj.filter``'s output (its ``drift`` and regime probabilities).
+        risk: a return model, ``dj.RiskModel`` or ``dj.RegimeReturnModel``.
         dt: step lengths, a scalar or ``[T]``.
         returns: realised returns ``[T]`` (bps), ``returns[k]`` over step ``k``.
 
     Returns:
-        ``-sum_k log N(returns[k+1]; mu_hat_k dt[k+1], sigma_eff_k^2 dt[k+1])``.
+        ``-sum_k log p(returns[k+1] | z_0..z_k)``.
     """
-    drift = result.drift
-    T = drift.shape[-1]
-    dt = jnp.broadcast_to(jnp.asarray(dt, drift.dtype), (T,))
-    sigma = risk.sigma_base * (1.0 + risk.crisis_amplifier * result.p_crisis)
-    nxt, dt_next = returns[1:], dt[1:]
-    mean = drift[:-1] * dt_next
-    var = sigma[:-1] ** 2 * dt_next
-    seen = ~jnp.isnan(nxt)
-    # Missing returns: a finite stand-in so neither branch of the `where` makes NaN gradients.
-    r = jnp.where(seen, nxt, mean)
-    nll = 0.5 * (_LOG_2PI + jnp.log(var) + (r - mean) ** 2 / var)
-    return jnp.sum(jnp.where(seen, nll, 0.0))
+    return risk.predictive_nll(result, dt, returns)
 
 
 def feature_nll(
@@ -117,7 +111,7 @@ def feature_nll(
     """
     _check_model(model)
     method = resolve_method(method, model)
-    zs = prepare_observations(zs, model.num_features, model.dtype)
+    zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     return -run_filter(model, zs, dt, method).log_likelihood
 
@@ -133,13 +127,17 @@ def return_nll(
 ) -> Scalar:
     """Predictive NLL of the next interval's return given the features so far.
 
-    ``returns[k + 1] ~ N(mu_hat_k dt[k + 1], sigma_eff_k^2 dt[k + 1])`` with the filter's
-    drift ``mu_hat_k`` and ``sigma_eff_k = sigma_base (1 + crisis_amplifier P_k(Crisis))``
-    after step ``k``, summed over ``k = 0 .. T - 2`` (NaN returns add 0).
+    With ``risk = dj.RiskModel``: ``returns[k + 1] ~ N(mu_hat_k dt[k + 1], sigma_eff_k^2
+    dt[k + 1])`` with the filter's drift ``mu_hat_k`` and ``sigma_eff_k = sigma_base (1 +
+    crisis_amplifier P_k(Crisis))`` after step ``k``. With ``risk =
+    dj.RegimeReturnModel(vols)``: the mixture ``sum_j p_{k+1|k}(j) N(mu_hat_k dt[k + 1],
+    vols_j^2 dt[k + 1])`` over the predicted regime probabilities of step ``k + 1``.
+    Summed over ``k = 0 .. T - 2`` (NaN returns add 0).
 
     Arguments:
-        model: a ``dj.KalmanModel`` (``P(Crisis) = 0``) or ``dj.IMMModel``.
-        risk: a ``dj.RiskModel``.
+        model: a ``dj.KalmanModel`` (``P(Crisis) = 0``, one regime) or ``dj.IMMModel``.
+        risk: a return model: ``dj.RiskModel`` or ``dj.RegimeReturnModel`` (one vol per
+            regime of ``model``).
         zs: features ``[T]`` or ``[T, m]``.
         dt: step lengths (s), a scalar or ``[T]``.
         returns: ``[T]``, ``returns[k]`` the realised return (bps) over ``(t_{k-1}, t_k]``.
@@ -157,9 +155,9 @@ def return_nll(
         ()
     """
     _check_model(model)
-    _check_risk(risk)
+    _check_risk(risk, model)
     method = resolve_method(method, model)
-    zs = prepare_observations(zs, model.num_features, model.dtype)
+    zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     returns = prepare_returns(returns, zs.shape[0], model.dtype)
     return predictive_return_nll(run_filter(model, zs, dt, method), risk, dt, returns)
@@ -187,7 +185,8 @@ def fit_loss(
         model: a ``dj.KalmanModel`` or ``dj.IMMModel``.
         zs, dt: features ``[T]`` / ``[T, m]`` and step lengths.
         returns: realised returns ``[T]`` (optional).
-        risk: a ``dj.RiskModel`` (required with ``returns``).
+        risk: a return model, ``dj.RiskModel`` or ``dj.RegimeReturnModel`` (required with
+            ``returns``).
         feature_weight, return_weight: weights ``>= 0`` of the two NLL terms.
         prior: ``None`` or a callable ``(model, risk) -> log prior density``.
         method: how the filter runs and is differentiated, as for ``dj.filter`` (default
@@ -205,13 +204,13 @@ def fit_loss(
     """
     _check_model(model)
     method = resolve_method(method, model)
-    zs = prepare_observations(zs, model.num_features, model.dtype)
+    zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     if returns is not None:
-        _check_risk(risk)
+        _check_risk(risk, model)
         returns = prepare_returns(returns, zs.shape[0], model.dtype)
     elif risk is not None:
-        _check_risk(risk)
+        _check_risk(risk, model)
     weights = check_weights(feature_weight, return_weight, model.dtype)
     check_prior(prior)
     return objective(model, risk, zs, dt, returns, weights, prior, method)

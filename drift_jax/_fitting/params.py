@@ -19,6 +19,8 @@ The built-in fields:
 - ``init_cov`` (``dj.PositiveDefinite``): its Cholesky factor, as above.
 - ``transition`` (``dj.SimplexRows``), ``init_probs`` (``dj.Simplex``): probability
   vectors; ``log(p_j / p_ref)`` for ``j != ref``.
+- ``rates`` (``dj.Generator``, continuous-time regimes): the logs of the off-diagonal
+  rates (the diagonal is minus their row sum); a rate that starts at 0 stays 0.
 
 A simplex is parametrised relative to a reference entry per row (the largest entry of the
 starting value), so the free coordinates have full rank; an entry that starts at exactly 0

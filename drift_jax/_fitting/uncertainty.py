@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 from .._core import validate as v
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.optional import optional_pandas
-from .._filters.methods import SEQUENTIAL, method_name, resolve_method
+from .._filters.methods import SEQUENTIAL, Chunked, Sequential, method_name, resolve_method
 from .losses import (
     _check_model,
     _check_risk,
@@ -200,7 +200,7 @@ def _split_fitted(fitted, risk):
         )
     risk = own_risk if risk is None else risk
     if risk is not None:
-        _check_risk(risk)
+        _check_risk(risk, model)
     return FitParams(model, risk)
 
 
@@ -248,7 +248,9 @@ def standard_errors(
     Cholesky factor (``cov_chol`` is declared ``dj.LowerCholesky(reported_as="cov")``);
     ``Pi`` by all of its entries (each row's share one free coordinate fewer than
     entries, so their covariance is singular; a structural zero stays 0 with standard
-    error 0).
+    error 0); continuous-time ``rates`` (``dj.Generator``) by their off-diagonal entries
+    ``rates[i,j]`` (1/s) and the expected durations ``expected_duration[j] = -1 /
+    rates[j,j]`` (seconds), both on the log scale.
 
     Intervals at ``level``, with ``z`` the normal quantile, on the scale that each field's
     declared constraint gives (``_models/constraints.py``; never chosen by the field's name):
@@ -287,8 +289,10 @@ def standard_errors(
         method: how the filter runs and is differentiated, as for ``dj.filter`` (default
             ``dj.Sequential()``, the model's default adjoint). The Hessian is taken reverse
             over reverse, so the method must support second derivatives that way
-            (``method.second_order``; every method of drift_jax does, the fused adjoint
-            included); one that does not is a ``ValueError`` naming it.
+            (``method.second_order``; the fused adjoint does). ``dj.Chunked(...)`` (whose
+            adjoint loops until convergence and is not differentiable again) is run as
+            ``dj.Sequential`` with its adjoint: the same likelihood. A method without
+            second derivatives is otherwise a ``ValueError`` naming it.
 
     Returns:
         A ``StandardErrors`` with the ``table`` (estimate, std_err, z, p_value, ci_low,
@@ -309,6 +313,10 @@ def standard_errors(
     params = _split_fitted(fitted, risk)
     model = params.model
     method = resolve_method(method, model)
+    if isinstance(method, Chunked):
+        # The same likelihood; its second derivatives (reverse over reverse) from the
+        # sequential scan, which has them (the chunked adjoint loops until convergence).
+        method = Sequential(method.adjoint)
     if not method.second_order:
         raise ValueError(
             f"dj.standard_errors takes the Hessian reverse over reverse, which "
@@ -316,7 +324,7 @@ def standard_errors(
             "dj.Sequential() (the model's default adjoint)."
         )
     dtype = model.dtype
-    zs = prepare_observations(zs, model.num_features, dtype)
+    zs = prepare_observations(zs, model.num_features, dtype, model.observation.feature_names)
     T = int(zs.shape[0])
     dt = prepare_dt(dt, T, dtype)
     if returns is not None:

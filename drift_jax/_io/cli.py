@@ -24,7 +24,10 @@ import numpy as np
 
 _EPILOG = (
     "Time stamps come from the time column: dt[k] = t[k] - t[k-1]; the first step's dt is "
-    "t[1] - t[0] unless --first-dt is given. NaN (an empty CSV cell) is a missing feature."
+    "t[1] - t[0] unless --first-dt is given. Equal timestamps are dt = 0 steps (updates with "
+    "no prediction) unless --equal-times says otherwise. NaN (an empty CSV cell) is a "
+    "missing feature; other missing-data texts (n/a, NULL, ...) are read as NaN with a "
+    "warning naming the rows."
 )
 
 
@@ -85,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--first-dt", type=_positive_float, metavar="SECONDS", help="the first step's dt"
+        )
+        p.add_argument(
+            "--equal-times",
+            choices=("keep", "last", "error"),
+            default="keep",
+            help="rows stamped as the row before: keep (dt = 0 updates, default), last (keep "
+            "the last row of each timestamp) or error",
         )
         if returns:
             g = p.add_mutually_exclusive_group()
@@ -204,10 +214,12 @@ def _history_for(cfg, args, *, returns: bool):
         returns_column=getattr(args, "returns_column", None) if returns else None,
         price_column=getattr(args, "price_column", None) if returns else None,
         first_dt=args.first_dt,
+        equal_times=args.equal_times,
     )
+    ignored = f"; columns not used: {list(h.ignored_columns)}" if h.ignored_columns else ""
     print(
         f"{h.source}: {h.num_steps} rows, {h.duration:.6g} s, features "
-        f"{list(h.feature_names)}; {h.first_dt_rule}."
+        f"{list(h.feature_names)}{ignored}; {h.first_dt_rule}; {h.equal_times_rule}."
     )
     return h
 
@@ -402,6 +414,7 @@ def _golden(args) -> None:
 
 
 def _filter(args) -> None:
+    from .._core.inputs import check_finite
     from .._core.optional import optional_pandas
     from .._filters.filter import filter as run_filter
     from .._models.risk import RiskModel
@@ -410,7 +423,7 @@ def _filter(args) -> None:
     out = _output(args.output, (".parquet", ".pq", ".csv"))
     cfg = _load(args.config)
     h = _history_for(cfg, args, returns=False)
-    res = run_filter(cfg.model, h.features, h.dt)
+    res = check_finite(run_filter(cfg.model, h.features, h.dt), h.features, h.dt)
     risk = cfg.risk if cfg.risk is not None else RiskModel()
     table = {
         "time": h.times,

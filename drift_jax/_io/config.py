@@ -6,7 +6,8 @@ Schema version 1 (``README.md``, "Config files", shows a file)::
     kind = "imm"              # or "kalman"
     dtype = "float64"         # or "float32": every parameter's precision
     crisis_regime = "Crisis"  # imm: a regime name or index
-    transition = [[...], ...] # imm: Pi[i, j] = P(next = j | now = i)
+    transition = [[...], ...] # imm: Pi[i, j] = P(next = j | now = i), per cycle; or
+    rates = [[...], ...]      # imm: a generator Q (per second), Pi = expm(Q dt) per step
     init_probs = [...]        # imm
     init_mean = [...]         # [n]
     init_cov = [[...], ...]   # [n, n]
@@ -17,6 +18,8 @@ Schema version 1 (``README.md``, "Config files", shows a file)::
                               # computed exactly and rounded once to float64, for people
                               # and the production reader), cov_cholesky [m, m] (the
                               # factor L the model holds: reloads bit-exactly)
+    [observation.robust]      # optional: kind ("huber" | "student_t") and its parameter
+                              # (threshold | df); no table: Gaussian noise
     [risk]                    # sigma_base, crisis_amplifier, threshold (optional table)
     [metadata]                # free table (created, fitted_by, ...)
 
@@ -32,18 +35,23 @@ one of ``cov`` / ``cov_cholesky``; unknown keys are errors (except under ``[meta
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from .._core import exact_arithmetic as xa, validate as v
+from .._core.validate import DataWarning
 from .._filters.imm import IMMModel
 from .._filters.kalman import KalmanModel
 from .._models.constraints import constrained_fields, field_constraint
 from .._models.dynamics import OU, OUAccel
 from .._models.model import AbstractDriftModel, check_model
 from .._models.observation import Observation
+from .._models.robust import ROBUST_KINDS
 from .._models.risk import RiskModel
 
 if sys.version_info >= (3, 11):
@@ -99,11 +107,20 @@ def save_config(path, model, risk=None, *, feature_names=None, metadata=None) ->
     return path
 
 
-def load_config(path) -> DriftConfig:
+def load_config(path, *, normalise: bool | float = False) -> DriftConfig:
     """Read a TOML config file written by ``save_config`` (or by hand, or by production).
 
     A ``dtype = "float64"`` file loads in float64 only with JAX's x64 mode on
-    (``jax.config.update("jax_enable_x64", True)``); otherwise JAX gives float32.
+    (``jax.config.update("jax_enable_x64", True)``); otherwise JAX gives float32, and a
+    ``dj.DataWarning`` says so (the parameters are rounded to float32).
+
+    Arguments:
+        path: the file.
+        normalise: ``False`` (default): ``transition`` rows and ``init_probs`` must sum to
+            1 within the model's tolerance (1e-9 in float64, 1e-5 in float32). ``True`` (or
+            a tolerance, a float; ``True`` is 1e-6): hand-rounded rows that sum to 1 within
+            it are divided by their exact sum (each entry rounded once), with a
+            ``dj.DataWarning`` naming the rows; a row further off is still an error.
 
     Raises:
         ConfigError: (a ``ValueError``) naming the file and the key path of what is wrong.
@@ -117,7 +134,8 @@ def load_config(path) -> DriftConfig:
         (True, 10.0)
     """
     path = Path(path)
-    return config_from_toml(path.read_text(encoding="utf-8"), source=str(path))
+    text = path.read_text(encoding="utf-8")
+    return config_from_toml(text, source=str(path), normalise=normalise)
 
 
 def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> str:
@@ -127,7 +145,9 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         model: a ``dj.KalmanModel`` or ``dj.IMMModel`` (its dtype, float32 or float64, is
             the file's; a parameter in another precision is cast to it).
         risk: an optional ``dj.RiskModel`` (written as ``[risk]``).
-        feature_names: optional names of the ``m`` features.
+        feature_names: optional names of the ``m`` features (default: the model's
+            ``observation.feature_names``; names that differ from the model's are an
+            error). A config read back gives its model these names.
         metadata: optional free table (string keys; TOML values: strings, numbers,
             booleans, datetimes, lists, tables).
 
@@ -150,7 +170,14 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
     if risk is not None and not isinstance(risk, RiskModel):
         raise ValueError(f"`risk` must be a dj.RiskModel or None, got {type(risk).__name__}.")
     m = model.observation.num_features
-    names = None if feature_names is None else _feature_names(feature_names, m)
+    own = model.observation.feature_names
+    names = own if feature_names is None else _feature_names(feature_names, m)
+    if own is not None and names != own:
+        raise ValueError(
+            f"`feature_names` {list(names)} differ from the model's observation.feature_names "
+            f"{list(own)}; leave `feature_names` out (the model's are written), or rename the "
+            "model's (observation.with_feature_names)."
+        )
 
     def arr(x) -> np.ndarray:
         return np.asarray(x).astype(dtype)
@@ -167,7 +194,10 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
         crisis = model.regime_names[model.crisis_index]
         unique = model.regime_names.count(crisis) == 1
         lines.append(f"crisis_regime = {_lit(crisis) if unique else model.crisis_index}")
-        lines.append(f"transition = {_matrix(arr(model.transition))}")
+        if model.transition_depends_on_dt:  # continuous-time regimes: the generator
+            lines.append(f"rates = {_matrix(arr(model.rates))}")
+        else:
+            lines.append(f"transition = {_matrix(arr(model.transition))}")
         lines.append(f"init_probs = {_vector(arr(model.init_probs))}")
     lines.append(f"init_mean = {_vector(arr(model.init_mean))}")
     lines.append(f"init_cov = {_matrix(arr(model.init_cov))}")
@@ -188,6 +218,12 @@ def config_to_toml(model, risk=None, *, feature_names=None, metadata=None) -> st
     lines.append(f"loadings = {_vector(arr(obs.loadings))}")
     lines.append(f"cov = {_matrix(cov)}")
     lines.append(f"cov_cholesky = {_matrix(L)}")
+    if obs.robust is not None:  # the robust update (_models/robust.py)
+        lines += ["", "[observation.robust]", f'kind = "{obs.robust.kind}"']
+        lines += [
+            f"{f} = {_float(arr(getattr(obs.robust, f)))}"
+            for f, _ in constrained_fields(obs.robust)
+        ]
     if risk is not None:
         lines += ["", "[risk]"]
         lines += [f"{f} = {_float(arr(getattr(risk, f)))}" for f, _ in constrained_fields(risk)]
@@ -236,20 +272,43 @@ def _feature_names(names, m: int) -> tuple[str, ...]:
     return names
 
 
-def config_from_toml(text: str, *, source: str = "<config>") -> DriftConfig:
+def config_from_toml(
+    text: str, *, source: str = "<config>", normalise: bool | float = False
+) -> DriftConfig:
     """Parse TOML config text (see ``load_config``); ``source`` names it in errors."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from err
-    return _Reader(source).config(doc)
+    return _Reader(source, _normalise_tolerance(normalise)).config(doc)
+
+
+def _normalise_tolerance(normalise) -> float | None:
+    if normalise is False or normalise is None:
+        return None
+    if normalise is True:
+        return 1e-6
+    return v.real(
+        "normalise",
+        normalise,
+        "True, False or a tolerance in (0, 0.01]",
+        lambda x: 0 < x <= 0.01,
+    )
+
+
+def _x64_enabled() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
 
 
 class _Reader:
     """Reads the parsed TOML with errors that name the source and the key path."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, normalise: float | None = None):
         self.source = source
+        self.normalise = normalise
+        self.hint = ""  # appended to a model's error (hand-rounded rows, say)
 
     def fail(self, path: str, message: str):
         where = f"`{path}` " if path else ""
@@ -302,7 +361,8 @@ class _Reader:
         try:
             return make()
         except ValueError as err:
-            self.fail(path, f"is invalid: {err}" if path else f"invalid model: {err}")
+            text = f"is invalid: {err}" if path else f"invalid model: {err}"
+            self.fail(path, text + self.hint)
 
     def config(self, doc: dict) -> DriftConfig:
         if "schema_version" not in doc:
@@ -319,9 +379,20 @@ class _Reader:
         top = ("schema_version", "kind", "dtype", "init_mean", "init_cov", "regimes")
         top += ("observation", "risk", "metadata")
         if kind == "imm":
-            top += ("transition", "init_probs", "crisis_regime")
+            top += ("transition", "rates", "init_probs", "crisis_regime")
         self.only(doc, "", top)
         dtype = np.dtype(self.choice(doc, "", "dtype", _DTYPES, default="float64"))
+        self.dtype = dtype
+        if dtype == np.float64 and not _x64_enabled():
+            warnings.warn(
+                DataWarning(
+                    f"{self.source}: dtype = \"float64\" but JAX's x64 mode is off, so the "
+                    "model loads as float32 (every parameter rounded to float32, and the "
+                    "filter runs in float32). Call jax.config.update(\"jax_enable_x64\", "
+                    "True) before loading to keep float64."
+                ),
+                stacklevel=3,
+            )
         regimes = self.get(doc, "", "regimes", "array of tables")
         if not regimes or (kind == "kalman" and len(regimes) != 1):
             want = "exactly 1 regime for kind 'kalman'" if kind == "kalman" else ">= 1 regime"
@@ -338,8 +409,32 @@ class _Reader:
         if kind == "kalman":
             model = self.build("", lambda: KalmanModel(members[0], obs, **prior))
         else:
-            transition = np.asarray(self.get(doc, "", "transition", "matrix"), dtype)
+            if ("transition" in doc) == ("rates" in doc):
+                given = "both" if "transition" in doc else "neither"
+                self.fail(
+                    "",
+                    "an imm config needs exactly one regime chain: `transition` (Pi, per "
+                    f"cycle) or `rates` (a generator, per second); it has {given}.",
+                )
+            chain = {}
+            if "rates" in doc:
+                chain["rates"] = np.asarray(self.get(doc, "", "rates", "matrix"), dtype)
+                if chain["rates"].shape != (len(members), len(members)):
+                    self.fail("rates", f"must be [M, M] = [{len(members)}, {len(members)}].")
+                constraint = field_constraint(IMMModel, "rates")
+                if not constraint.is_valid(chain["rates"]):
+                    self.fail(
+                        "rates",
+                        f"must be {constraint.allowed} (within "
+                        f"{constraint.row_tolerance(dtype):g} x max(1, max|row|)), got "
+                        f"{doc['rates']!r}.",
+                    )
+            else:
+                transition = self.get(doc, "", "transition", "matrix")
+                chain["transition"] = np.asarray(self.stochastic("transition", transition), dtype)
             probs = self.get(doc, "", "init_probs", "vector", need=False)
+            if probs is not None:
+                probs = self.stochastic("init_probs", [probs])[0]
             crisis = self.get(doc, "", "crisis_regime", "string or integer", need=False)
             labels = [r.get("name", f"regime{k}") for k, r in enumerate(regimes)]
             model = self.build(
@@ -347,9 +442,9 @@ class _Reader:
                 lambda: IMMModel(
                     tuple(members),
                     obs,
-                    transition,
-                    None if probs is None else np.asarray(probs, dtype),
+                    init_probs=None if probs is None else np.asarray(probs, dtype),
                     **prior,
+                    **chain,
                     regime_names=labels,
                     crisis_regime=crisis,
                 ),
@@ -359,6 +454,48 @@ class _Reader:
             risk = self.risk(self.get(doc, "", "risk", "table"), dtype)
         metadata = self.get(doc, "", "metadata", "table", default={}, need=False)
         return DriftConfig(model, risk, names, metadata)
+
+    def stochastic(self, key: str, rows: list) -> list:
+        """Rows that must sum to 1: with ``normalise``, those within its tolerance are
+        divided by their exact sum (each entry rounded once); otherwise they are checked
+        here so the message can name the option."""
+        tol = 1e-9 if self.dtype == np.float64 else 1e-5
+        sums = [math.fsum(r) for r in rows]
+        # half the model's tolerance: a row at its edge may fail the model's own sum
+        off = [i for i, s in enumerate(sums) if not abs(s - 1.0) <= tol / 2]
+        near = [i for i in off if abs(sums[i] - 1.0) <= 1e-6]
+        if near and self.normalise is None:
+            what = f"row(s) {near} of `{key}`" if len(rows) > 1 else f"`{key}`"
+            self.hint += (
+                f" {what} sum to {[sums[i] for i in near]} (hand-rounded?): load with "
+                "normalise=True (dj.load_config(path, normalise=True)) to divide them by "
+                "their sums, or fix the file."
+            )
+        if not off:
+            return rows
+        if self.normalise is None:
+            return rows  # the model checks them (its error gets `hint` below)
+        far = [i for i in off if not abs(sums[i] - 1.0) <= self.normalise]
+        if far:
+            self.fail(
+                key,
+                f"row(s) {far} sum to {[sums[i] for i in far]}, further from 1 than "
+                f"normalise={self.normalise:g}: not a rounding; fix the file.",
+            )
+        out = [list(r) for r in rows]
+        for i in off:
+            exact = [Fraction(x) for x in rows[i]]
+            total = sum(exact)
+            out[i] = [float(x / total) for x in exact]
+        which = f"row(s) {off} of `{key}`" if len(rows) > 1 else f"`{key}`"
+        warnings.warn(
+            DataWarning(
+                f"{self.source}: {which} summed to {[sums[i] for i in off]}; divided by "
+                f"their sums (normalise={self.normalise:g})."
+            ),
+            stacklevel=4,
+        )
+        return out
 
     def parameters(self, table: dict, p: str, cls, dtype) -> dict:
         """The scalar parameters of ``cls`` (its fields that declare a constraint), each
@@ -387,8 +524,9 @@ class _Reader:
 
     def observation(self, o: dict, dtype):
         p = "observation."
-        keys = ("update", "feature_names", "loadings", "cov", "cov_cholesky")
+        keys = ("update", "feature_names", "loadings", "cov", "cov_cholesky", "robust")
         self.only(o, p, keys)
+        robust = self.robust(o, p, dtype)
         update = self.choice(o, p, "update", ("joint", "independent"), default="joint")
         loadings = np.asarray(self.get(o, p, "loadings", "vector"), dtype)
         m = loadings.shape[0]
@@ -404,7 +542,10 @@ class _Reader:
             if mats["cov"] is None:
                 self.fail("", f"missing key `{p}cov` (or `{p}cov_cholesky`).")
             R = np.asarray(mats["cov"], dtype)
-            return self.build(p[:-1], lambda: Observation(loadings, R, update)), names
+            return self.build(
+                p[:-1],
+                lambda: Observation(loadings, R, update, feature_names=names, robust=robust),
+            ), names
         L = np.asarray(mats["cov_cholesky"], dtype)
         factor = field_constraint(Observation, "cov_chol")
         if not factor.is_valid(L):
@@ -414,13 +555,43 @@ class _Reader:
             gap = float(np.max(np.abs(np.asarray(mats["cov"], np.float64) - C)))
             scale = float(np.max(np.abs(C)))
             if not gap <= _COV_RTOL * scale:
+                hint = ""
+                if dtype != np.float64:
+                    exact64 = xa.gram(np.asarray(mats["cov_cholesky"], np.float64))
+                    was64 = float(np.max(np.abs(np.asarray(mats["cov"], np.float64) - exact64)))
+                    if was64 <= _COV_RTOL * scale:
+                        hint = (
+                            f" The file's dtype is {dtype.name}: cov_cholesky rounded to "
+                            f"{dtype.name} no longer gives cov, which matches the float64 "
+                            "factor (was the dtype edited from float64?). Set dtype back to "
+                            "\"float64\", or remove `cov` (the factor is what the model "
+                            "holds), or save the model again in the new dtype."
+                        )
+                    else:
+                        hint = f" (the file's dtype is {dtype.name}.)"
                 self.fail(
                     p + "cov",
                     f"disagrees with cov_cholesky @ cov_cholesky.T: max difference {gap:.3g} "
-                    f"> {_COV_RTOL:g} x max|cov| = {_COV_RTOL * scale:.3g}.",
+                    f"> {_COV_RTOL:g} x max|cov| = {_COV_RTOL * scale:.3g}.{hint}",
                 )
         # The model keeps the factor it was saved with, bit for bit (not a re-factorisation).
-        return self.build(p[:-1], lambda: Observation.from_cholesky(loadings, L, update)), names
+        return self.build(
+            p[:-1],
+            lambda: Observation.from_cholesky(
+                loadings, L, update, feature_names=names, robust=robust
+            ),
+        ), names
+
+    def robust(self, o: dict, p: str, dtype):
+        """``[observation.robust]``: ``kind`` and the option's parameters (``None``: none)."""
+        if "robust" not in o:
+            return None
+        r = self.get(o, p, "robust", "table")
+        q = p + "robust."
+        cls = ROBUST_KINDS[self.choice(r, q, "kind", tuple(ROBUST_KINDS))]
+        self.only(r, q, ("kind",) + tuple(f for f, _ in constrained_fields(cls)))
+        values = self.parameters(r, q, cls, dtype)
+        return self.build(q[:-1], lambda: cls(**values))
 
     def risk(self, r: dict, dtype) -> RiskModel:
         p = "risk."

@@ -8,6 +8,7 @@ inf is an error.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from jaxtyping import Real
 from .._core import validate as v
 from .._core.optional import optional_pandas
 from .._core.types import ArrayLike, Float
+from .._core.validate import DataWarning
 
 pd = optional_pandas()
 
@@ -42,20 +44,42 @@ def realised_drift(
     times: Real[ArrayLike, " T"] | list | tuple | pd.Series,
     prices: Real[ArrayLike, " T"] | list | tuple | pd.Series,
     horizon: float | int,
+    *,
+    per: str = "elapsed",
 ) -> Float[np.ndarray, " T"]:
     """The realised forward return over ``horizon`` seconds, in bps/s: a drift proxy.
 
-    ``y(t) = 1e4 * (p(t + h) / p(t) - 1) / h`` where ``p(t + h)`` is the price as of
-    ``t + h``: the last observed price stamped at or before ``t + h`` (a stamp within a few
-    float ulps of ``t + h`` counts as at it). ``y(t)`` uses prices after ``t`` on purpose —
-    it is the target the features at ``t`` are calibrated to predict, never a filter input.
-    It is NaN when ``p(t)`` is missing, when no price is observed in ``(t, t + h]``, or when
-    ``t + h`` is after the last timestamp (the future is not in the data).
+    ``y(t) = 1e4 * (p(t') / p(t) - 1) / (t' - t)`` where ``p(t')`` is the price as of
+    ``t + h``: the last observed price stamped at ``t' <= t + h`` (a stamp within a few
+    float ulps of ``t + h`` counts as at it). On event-time data (ticks at random times)
+    ``t' - t`` is shorter than ``h`` (about ``h - 1/rate`` at ``rate`` events per second),
+    so the return is divided by the time it covers, ``t' - t``: it is then the average
+    drift over ``[t, t']`` plus noise, whose only bias is the errors-in-variables
+    attenuation ``dj.calibrate_observation`` documents. (``per="horizon"`` divides by ``h``,
+    as earlier versions did: on event-time data that shrinks the proxy by ``E[t' - t] / h``
+    and inflates the calibrated loadings by about its inverse, +10% at ``h = 1`` s and 5
+    events/s.) ``y(t)`` uses prices after ``t`` on purpose — it is the target the features
+    at ``t`` are calibrated to predict, never a filter input. It is NaN when ``p(t)`` is
+    missing, when no price is observed in ``(t, t + h]``, or when ``t + h`` is after the
+    last timestamp (the future is not in the data).
+
+    Choosing the horizon. The proxy is ``y = mu_avg + nu``: ``mu_avg``, the drift averaged
+    over ``[t, t']``, and the price noise ``nu``, of variance about ``vol^2 / h`` (bps/s)^2
+    for a return volatility ``vol`` in bps/sqrt(s), plus ``2 sigma_tick^2 / h^2`` for
+    microstructure noise of ``sigma_tick`` bps per price. The loadings are attenuated by
+    ``lambda = var(mu) / (var(mu) + var(nu))``, so ``h`` should be (1) long enough that
+    ``var(nu)`` is small against the drift's variance, (2) short against the drift's
+    half-life (``mu_avg`` stays close to ``mu(t)``) and (3) several mean gaps between events
+    (so ``t' - t`` is close to ``h`` and few rows are NaN). In practice: calibrate at a few
+    horizons (0.5, 1, 2, 5 s ...) and take the one where the loadings stop rising with
+    ``h`` (the attenuation has gone) before they fall (the averaging sets in).
 
     Arguments:
         times: ``[T]`` timestamps in seconds, finite and strictly increasing.
         prices: ``[T]`` prices ``> 0``; NaN is missing.
         horizon: ``h`` in seconds, ``> 0``.
+        per: ``"elapsed"`` (default: divide by ``t' - t``) or ``"horizon"`` (divide by
+            ``h``).
 
     Returns:
         ``[T]`` float64, bps/s.
@@ -82,6 +106,7 @@ def realised_drift(
             f"`prices` must be > 0 (or NaN, missing); got {float(p[k])!r} at row {k}."
         )
     h = _positive_seconds(horizon)
+    v.one_of("per", per, ("elapsed", "horizon"))
     out = np.full(t.shape, np.nan)
     seen = np.flatnonzero(~np.isnan(p))
     if t.size == 0 or seen.size == 0:
@@ -90,7 +115,8 @@ def realised_drift(
     pos = np.searchsorted(t[seen], t + h + tol, side="right") - 1
     j = np.where(pos >= 0, seen[np.maximum(pos, 0)], -1)  # row of p(t + h)
     ok = ~np.isnan(p) & (j > np.arange(t.size)) & (t + h <= t[-1] + tol)
-    out[ok] = 1e4 * (p[j[ok]] / p[ok] - 1.0) / h
+    span = t[j[ok]] - t[ok] if per == "elapsed" else h
+    out[ok] = 1e4 * (p[j[ok]] / p[ok] - 1.0) / span
     return out
 
 
@@ -98,15 +124,27 @@ def _positive_seconds(horizon) -> float:
     return v.positive_float("horizon", horizon, "a number of seconds > 0")
 
 
-def check_increasing(label: str, t: np.ndarray, shown) -> None:
-    """Raise naming the first row whose timestamp is not after the previous one."""
-    bad = np.flatnonzero(~(np.diff(t) > 0))
+def check_increasing(label: str, t: np.ndarray, shown, *, strict: bool = True, hint="") -> None:
+    """Raise naming the first row whose timestamp is not after the previous one
+    (``strict=False``: the first one before it; equal timestamps are then allowed, README,
+    "Equal timestamps"); ``hint`` ends the strict message."""
+    if strict:
+        bad = np.flatnonzero(~(np.diff(t) > 0))
+        if bad.size:
+            k = int(bad[0]) + 1
+            raise ValueError(
+                f"timestamps in {label} must be strictly increasing; row {k} "
+                f"({_show(shown[k])}) is not after row {k - 1} ({_show(shown[k - 1])}) (rows "
+                f"counted from 0, header excluded){hint}."
+            )
+        return
+    bad = np.flatnonzero(~(np.diff(t) >= 0))
     if bad.size:
         k = int(bad[0]) + 1
         raise ValueError(
-            f"timestamps in {label} must be strictly increasing; row {k} ({_show(shown[k])}) is "
-            f"not after row {k - 1} ({_show(shown[k - 1])}) (rows counted from 0, header "
-            "excluded)."
+            f"timestamps in {label} must not decrease (equal timestamps are allowed); row {k} "
+            f"({_show(shown[k])}) is before row {k - 1} ({_show(shown[k - 1])}) (rows "
+            "counted from 0, header excluded)."
         )
 
 
@@ -139,9 +177,54 @@ def read_table(path) -> pd.DataFrame:
     # Floats must read back exactly; pandas >= 3 does so by default (and deprecates the flag).
     exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
     try:
-        return pd.read_csv(path, **exact)
+        # Only an empty cell is missing as read; text markers ("n/a", "NULL", ...) are
+        # turned into NaN below, with a warning that says where.
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], **exact)
     except (ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"could not read the CSV file {str(path)!r}: {err}") from err
+    return _missing_markers(df, str(path))
+
+
+#: Cell texts pandas reads as missing by default (an empty cell is the documented marker).
+NA_MARKERS = frozenset(
+    "#N/A,#N/A N/A,#NA,-1.#IND,-1.#QNAN,-NaN,-nan,1.#IND,1.#QNAN,<NA>,N/A,NA,NULL,NaN,None,"
+    "n/a,nan,null".split(",")
+)
+
+
+def _missing_markers(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Cells holding a missing-data marker (``NA_MARKERS``) become NaN, and their columns
+    numeric when every other cell is a number (parsed exactly, by ``float``); a
+    ``dj.DataWarning`` says how many cells, in which columns and rows."""
+    found = []
+    for col in df.columns:
+        s = df[col]
+        if not (s.dtype == object or pd.api.types.is_string_dtype(s)):
+            continue
+        marker = s.map(lambda x: isinstance(x, str) and x.strip() in NA_MARKERS).to_numpy(bool)
+        if not marker.any():
+            continue
+        rows = np.flatnonzero(marker)
+        texts = sorted({str(x).strip() for x in s[marker]})
+        s = s.astype(object).mask(marker, np.nan)
+        try:
+            s = s.map(lambda x: x if isinstance(x, float) else float(x)).astype(np.float64)
+        except (TypeError, ValueError):
+            pass  # not a numeric column (e.g. datetimes as text): NaN where the marker was
+        df[col] = s
+        shown = rows[:10].tolist()
+        more = f" and {rows.size - 10} more" if rows.size > 10 else ""
+        found.append(f"column {col!r}: {rows.size} cell(s) {texts} at rows {shown}{more}")
+    if found:
+        warnings.warn(
+            DataWarning(
+                f"{source}: cells holding a missing-data marker were read as missing (NaN): "
+                + "; ".join(found)
+                + " (rows counted from 0, header excluded)."
+            ),
+            stacklevel=3,
+        )
+    return df
 
 
 def load_calibration_data(
@@ -224,7 +307,11 @@ def _from_table(df, target, columns, target_column, time_column, price_column, h
     t = None
     if time_column is not None:
         t = _seconds(df[time_column], time_column)
-        check_increasing(f"column {time_column!r}", t, df[time_column].to_numpy())
+        hint = (
+            "; the calibration takes one row per timestamp: aggregate equal timestamps "
+            f"first (e.g. keep the last: df.groupby({time_column!r}, as_index=False).last())"
+        )
+        check_increasing(f"column {time_column!r}", t, df[time_column].to_numpy(), hint=hint)
     if target_column is not None:
         return Z, _numeric(df, target_column, "target"), names, str(target_column)
     if price_column is not None:
@@ -300,5 +387,6 @@ def _seconds(s: pd.Series, col) -> np.ndarray:
     missing = np.flatnonzero(s.isna().to_numpy())
     if missing.size:
         raise ValueError(f"time column {col!r} has a missing timestamp at row {missing[0]}.")
-    delta = (s - s.iloc[0]).to_numpy().astype("timedelta64[ns]").astype(np.int64)
-    return delta / 1e9
+    # pandas' own seconds (what a user computes with .dt.total_seconds()): the same float64
+    # timestamps from a datetime column as from the seconds a user derives from it
+    return (s - s.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)

@@ -5,8 +5,14 @@ This is the data path of the command line (``drift-jax fit / golden / filter``) 
 notebooks that start from a file. Step lengths come from the time column: ``dt_k = t_k -
 t_{k-1}`` for ``k >= 1``. The first row has no predecessor, so its step length
 ``dt_0`` (the time from the prior to the first observation) is a choice: by default the
-first gap ``t_1 - t_0``, or ``first_dt`` seconds when given; ``History.first_dt_rule``
-says which, and the command line prints it.
+first gap ``t_1 - t_0`` (the first positive one), or ``first_dt`` seconds when given;
+``History.first_dt_rule`` says which, and the command line prints it.
+
+Equal timestamps (common in real feeds) are kept by default as steps of ``dt = 0``: an
+update with no prediction, which filters exactly as the rows stacked into one vector
+observation (README, "Equal timestamps"). ``equal_times="last"`` keeps only the last row of
+each timestamp (a ``dj.DataWarning`` says how many rows were dropped), ``"error"`` rejects
+them.
 
 Every error is a ``ValueError`` that names the file, and the column and row (counted from
 0, the header excluded) where it applies.
@@ -16,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .._core import validate as v
 from .._core.optional import optional_pandas
+from .._core.validate import DataWarning
 from .feature_table import _numeric, _seconds, check_increasing, read_table
 
 pd = optional_pandas()
@@ -50,6 +58,9 @@ class History:
             None.
         returns_source: how ``returns`` were obtained (a column name, or from prices).
         first_dt_rule: a sentence saying how ``dt[0]`` was chosen.
+        ignored_columns: the table's columns that are neither features nor the time,
+            returns or price column (read and not used).
+        equal_times_rule: a sentence saying how equal timestamps were treated.
     """
 
     source: str
@@ -60,6 +71,8 @@ class History:
     returns: np.ndarray | None = None
     returns_source: str | None = None
     first_dt_rule: str = ""
+    ignored_columns: tuple[str, ...] = ()
+    equal_times_rule: str = ""
 
     @property
     def num_steps(self) -> int:
@@ -89,19 +102,25 @@ def read_history(
     returns_column: str | None = None,
     price_column: str | None = None,
     first_dt: float | None = None,
+    equal_times: str = "keep",
 ) -> History:
     """Read a timestamped CSV / Parquet file (or a DataFrame) into the filter's inputs.
 
     Arguments:
         history: the path of a ``.csv`` / ``.parquet`` file, or a ``pandas.DataFrame``.
-        time_column: timestamps, seconds as numbers or datetimes; strictly increasing.
+        time_column: timestamps, seconds as numbers or datetimes; never decreasing.
         columns: the feature columns in the model's order (a config's ``feature_names``).
             Default: every column other than the time, returns and price columns.
         num_features: the model's number of features ``m``; the columns must match it.
         returns_column: realised returns in bps, ``returns[k]`` over ``(t_{k-1}, t_k]``.
         price_column: prices (``> 0``) to take the returns from (``dj.simple_returns``);
             give at most one of ``returns_column`` and ``price_column``.
-        first_dt: the first step's length in seconds (``> 0``); default ``t_1 - t_0``.
+        first_dt: the first step's length in seconds (``> 0``); default ``t_1 - t_0``
+            (the first positive gap when the first rows share a timestamp).
+        equal_times: rows with the timestamp of the previous row: ``"keep"`` (default:
+            steps of ``dt = 0``, updates with no prediction), ``"last"`` (only the last row
+            of each timestamp is kept; with ``returns_column`` the returns of a timestamp's
+            rows are summed; a ``dj.DataWarning`` names the rows dropped) or ``"error"``.
 
     Returns:
         A ``dj.History``: ``features`` ``[T, m]``, ``dt`` ``[T]``, ``returns``,
@@ -114,6 +133,7 @@ def read_history(
         >>> h.dt.tolist(), h.feature_names, h.first_dt_rule
         ([0.5, 0.5, 1.0], ('bim',), 'dt[0] = t[1] - t[0] = 0.5 s (the first gap)')
     """
+    v.one_of("equal_times", equal_times, ("keep", "last", "error"))
     source, df = _table(history)
 
     def fail(message: str):
@@ -155,9 +175,17 @@ def read_history(
             f"feature column(s) {names}; choose them with `columns` (the config's "
             "`feature_names`) in the model's order."
         )
+    ignored = tuple(str(c) for c in df.columns if c not in special and c not in names)
     try:
         t = _seconds(df[time_column], time_column)
-        check_increasing(f"column {time_column!r}", t, df[time_column].to_numpy())
+        hint = (
+            "; equal_times='keep' (the default; --equal-times keep) filters equal "
+            "timestamps as dt = 0 updates, 'last' keeps the last row of each"
+        )
+        strict = equal_times == "error"
+        check_increasing(
+            f"column {time_column!r}", t, df[time_column].to_numpy(), strict=strict, hint=hint
+        )
         Z = np.column_stack([_numeric(df, c, "feature") for c in names])
         returns, how = None, None
         if returns_column is not None:
@@ -173,13 +201,46 @@ def read_history(
             returns, how = simple_returns(p), f"1e4 (p_k / p_(k-1) - 1) of {price_column!r}"
     except ValueError as err:
         fail(str(err))
+    same = np.flatnonzero(np.diff(t) == 0) + 1  # rows stamped as the row before
+    if equal_times == "last" and same.size:
+        keep = np.ones(t.size, bool)
+        keep[same - 1] = False  # of each run of equal stamps only the last row stays
+        if returns is not None and returns_column is not None:
+            group = np.cumsum(keep[::-1])[::-1]  # one id per kept row and the rows before it
+            group = group.max() - group
+            seen = ~np.isnan(returns)
+            sums = np.bincount(group, np.where(seen, returns, 0.0), minlength=keep.sum())
+            any_seen = np.bincount(group, seen, minlength=keep.sum()) > 0
+            returns = np.where(any_seen, sums, np.nan)
+        elif returns is not None:  # from prices: the kept rows' prices
+            p = _numeric(df, price_column, "price")[keep]
+            returns = simple_returns(p)
+        dropped = np.flatnonzero(~keep)
+        warnings.warn(
+            DataWarning(
+                f"{source}: equal_times='last' dropped {dropped.size} row(s) stamped as the "
+                f"row after them: rows {dropped[:10].tolist()}"
+                + (f" and {dropped.size - 10} more" if dropped.size > 10 else "")
+                + " (rows counted from 0, header excluded)."
+            ),
+            stacklevel=2,
+        )
+        t, Z = t[keep], Z[keep]
+        equal_rule = f"equal timestamps: kept the last row of each ({dropped.size} dropped)"
+    elif same.size:
+        equal_rule = f"equal timestamps: {same.size} step(s) of dt = 0 (updates, no prediction)"
+    else:
+        equal_rule = "no equal timestamps"
     dt = np.empty_like(t)
     dt[1:] = np.diff(t)
     if first_dt is None:
-        if t.size < 2:
-            fail("one row has no gap to take the first step's dt from: pass `first_dt`.")
-        dt[0] = dt[1]
-        rule = f"dt[0] = t[1] - t[0] = {dt[0]:.6g} s (the first gap)"
+        gaps = np.flatnonzero(dt[1:] > 0)
+        if gaps.size == 0:
+            fail("no gap between timestamps to take the first step's dt from: pass `first_dt`.")
+        k = int(gaps[0]) + 1
+        dt[0] = dt[k]
+        which = "the first gap" if k == 1 else "the first positive gap"
+        rule = f"dt[0] = t[{k}] - t[{k - 1}] = {dt[0]:.6g} s ({which})"
     else:
         try:
             value = v.positive_float("first_dt", first_dt, "a number of seconds > 0")
@@ -198,6 +259,8 @@ def read_history(
         returns=returns,
         returns_source=how,
         first_dt_rule=rule,
+        ignored_columns=ignored,
+        equal_times_rule=equal_rule,
     )
 
 

@@ -27,6 +27,9 @@ no declared constraint is never trained: selecting it in ``trainable`` is a
   reported by its own entries.
 - ``Simplex()``: a probability vector; ``log(p_j / p_ref)`` for ``j != ref``; logit scale.
 - ``SimplexRows()``: a row-stochastic matrix; each row as ``Simplex``.
+- ``Generator()``: a continuous-time chain's generator (``rates``, per second); the logs
+  of its off-diagonal rates; log scale (reported with the expected durations
+  ``-1 / Q[j, j]``).
 
 A simplex is parametrised relative to a reference entry per row (the largest entry of the
 starting value, usually ``Pi``'s diagonal): its logit is held at 0, so there is no flat
@@ -368,6 +371,98 @@ class SimplexRows(_AbstractSimplex):
         return 2
 
 
+class Generator(AbstractConstraint):
+    """A generator of a continuous-time Markov chain (``rates``, per second): finite,
+    off-diagonals ``>= 0``, each row summing to 0 (``Q[i, i] = -sum_{j != i} Q[i, j]``).
+
+    Free coordinates: the logs of the ``M (M - 1)`` off-diagonal rates, row by row (the
+    diagonal follows from them, so there is no redundant direction). A rate that starts at
+    exactly 0 has log ``-inf`` and stays exactly 0 (a structural zero, as a simplex's).
+    ``dj.standard_errors`` reports the off-diagonal rates (``rates[i,j]``, 1/s) and the
+    expected durations ``-1 / Q[j, j]`` (seconds, ``expected_duration[j]``, a sibling of
+    the field), all on the log scale.
+
+    Example:
+        >>> import drift_jax as dj, jax.numpy as jnp
+        >>> g = dj.Generator()
+        >>> raw, ref = g.to_free(jnp.asarray([[-0.5, 0.5], [2.0, -2.0]]), "rates", ".rates")
+        >>> raw.shape  # log off-diagonal rates, one row per regime
+        (2, 1)
+        >>> Q = g.from_free(raw, (2, 2), ref)
+        >>> Q.tolist(), g.reported(Q).tolist()  # rates, then durations -1/Q[j, j]
+        ([[-0.5, 0.5], [2.0, -2.0]], [0.5, 2.0, 2.0, 0.5])
+    """
+
+    allowed: ClassVar[str] = (
+        "a generator (rates per second): finite, off-diagonals >= 0, each row summing to 0"
+    )
+    scale: ClassVar[str] = "log"
+
+    @staticmethod
+    def row_tolerance(dtype) -> float:
+        """Relative tolerance of a row sum (times ``max(1, max |Q[i, :]|)``)."""
+        return 1e-5 if np.dtype(dtype) == np.float32 else 1e-9
+
+    def is_valid(self, x) -> bool:
+        Q = np.asarray(x)
+        if Q.ndim != 2 or Q.shape[0] != Q.shape[1] or not np.all(np.isfinite(Q)):
+            return False
+        off = ~np.eye(Q.shape[0], dtype=bool)
+        if not np.all(Q[off] >= 0):
+            return False
+        Q64 = Q.astype(np.float64)
+        scale = np.maximum(1.0, np.max(np.abs(Q64), axis=1))
+        return bool(np.all(np.abs(Q64.sum(axis=1)) <= self.row_tolerance(Q.dtype) * scale))
+
+    def to_free(self, x: Array, name: str, where: str) -> tuple[Array, tuple[int, ...]]:
+        M = x.shape[-1]
+        off = ~np.eye(M, dtype=bool)
+        Qn = np.asarray(x)
+        if not (np.all(np.isfinite(Qn)) and np.all(Qn[off] >= 0)):
+            raise ValueError(
+                f"`{name}` ({where}) is trainable but is not a generator: off-diagonal "
+                f"rates must be finite and >= 0 (trained as their logs); got "
+                f"{name}={Qn.tolist()}."
+            )
+        rows = [jnp.concatenate([x[i, :i], x[i, i + 1 :]]) for i in range(M)]
+        return _safe_log(jnp.stack(rows)), ()
+
+    def from_free(self, raw: Array, shape: tuple[int, ...], ref: tuple[int, ...]) -> Array:
+        M = shape[-1]
+        rates = jnp.exp(raw.reshape(M, M - 1))
+        rows = []
+        for i in range(M):
+            out = rates[i]
+            diag = -jnp.sum(out, keepdims=True)
+            rows.append(jnp.concatenate([out[:i], diag, out[i:]]))
+        return jnp.stack(rows)
+
+    def reported(self, value: Array) -> Array:
+        M = value.shape[-1]
+        off = np.nonzero(~np.eye(M, dtype=bool))
+        d = jnp.diagonal(value)
+        leaving = d < 0
+        duration = jnp.where(leaving, -1.0 / jnp.where(leaving, d, -1.0), jnp.inf)
+        return jnp.concatenate([value[off], duration])
+
+    def describe(
+        self, name: str, shape: tuple[int, ...], ref: tuple[int, ...]
+    ) -> tuple[list[str], list[str], list[str]]:
+        M = shape[-1]
+        pairs = [(i, j) for i in range(M) for j in range(M) if i != j]
+        parent, dot, _ = name.rpartition(".")
+        rates = [f"{name}[{i},{j}]" for i, j in pairs]
+        durations = [f"{parent}{dot}expected_duration[{j}]" for j in range(M)]
+        reported = rates + durations
+        return reported, [self.scale] * len(reported), [f"log({r})" for r in rates]
+
+
+def _safe_log(x):
+    """``log x`` with ``log 0 = -inf`` (a structural zero) and no NaN in the gradient."""
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
+
+
 # --- reading the declarations ------------------------------------------------------------
 
 
@@ -427,5 +522,6 @@ def undeclared_error(name: str, where: str, owner: str) -> ValueError:
         f"so drift_jax does not know its free coordinates. Declare one on the field, e.g. "
         f'`{name}: Float[Array, ""] = eqx.field(metadata={{"constraint": dj.Positive()}})` '
         f"(dj.Real, dj.Positive, dj.NonNegative, dj.LowerCholesky, dj.PositiveDefinite, "
-        f"dj.Simplex, dj.SimplexRows), or leave it out of `trainable` to hold it fixed."
+        f"dj.Simplex, dj.SimplexRows, dj.Generator), or leave it out of `trainable` to hold "
+        f"it fixed."
     )

@@ -13,9 +13,11 @@ file stores are the same on every machine (README, "Reproducibility"); traced va
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,6 +33,7 @@ from .._core.types import (
     StateVector,
 )
 from .constraints import CONSTRAINT, LowerCholesky, Real
+from .robust import AbstractRobust, check_robust, robust_terms
 
 _UPDATES = ("joint", "independent")
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -47,6 +50,21 @@ class Observation(eqx.Module):
             ``"independent"`` — ``m`` sequential scalar updates with ``R_kk`` that ignore
             the correlation (the old production behaviour, kept to study posterior
             collapse).
+        feature_names: optional names of the ``m`` features, in the order of ``loadings``
+            (distinct strings; static). Named data (a ``pandas.DataFrame``, a dict of
+            columns, a ``dj.History``, a CSV / Parquet file through ``dj.read_history``)
+            is then matched to the model by name wherever it enters (``dj.filter``,
+            ``dj.fit``, the losses, the streaming estimators, the command line): reordered
+            columns are put in this order, a missing or an extra column is an error. A
+            config file stores them (``[observation].feature_names``).
+        robust: ``None`` (Gaussian noise, the default) or a robust update for bad ticks,
+            ``dj.Huber(threshold=...)`` or ``dj.StudentT(df=...)``: each step's noise is
+            inflated by the standardised innovation along the loadings, and the
+            likelihood is the matching heavy-tailed density (``_models/robust.py`` says
+            exactly what is computed). Every filter path follows it (Kalman and IMM, the
+            m-feature reduction, streaming, ``dj.Chunked``); its parameter is trained by
+            ``dj.fit`` like any other; a config stores it (``[observation.robust]``).
+            Not for ``dj.Associative()`` (the update is no longer linear-Gaussian).
 
     Example:
         >>> import drift_jax as dj
@@ -55,6 +73,10 @@ class Observation(eqx.Module):
         2
         >>> dj.Observation.scalar(4.0).cov.tolist()
         [[4.0]]
+        >>> dj.Observation([1.0, 0.8], [1.0, 2.0], feature_names=["bim", "dbim"]).feature_names
+        ('bim', 'dbim')
+        >>> dj.Observation.scalar(4.0, robust=dj.StudentT(df=4.0)).robust.kind
+        'student_t'
     """
 
     loadings: Loadings = eqx.field(metadata={CONSTRAINT: Real()})
@@ -63,8 +85,12 @@ class Observation(eqx.Module):
         metadata={CONSTRAINT: LowerCholesky(reported_as="cov")}
     )
     update: str = eqx.field(static=True)
+    feature_names: tuple[str, ...] | None = eqx.field(static=True, default=None)
+    robust: AbstractRobust | None = None
 
-    def __init__(self, loadings, cov, update: str = "joint"):
+    def __init__(
+        self, loadings, cov, update: str = "joint", feature_names=None, *, robust=None
+    ):
         alpha = v.as_float_array("loadings", loadings)
         if alpha.ndim == 0:
             alpha = alpha.reshape(1)
@@ -74,6 +100,11 @@ class Observation(eqx.Module):
         m = alpha.shape[0]
         self.loadings = alpha
         self.update = v.one_of("update", update, _UPDATES)
+        self.feature_names = v.feature_names("feature_names", feature_names, m)
+        robust = check_robust("robust", robust)
+        if robust is not None:  # in the model's precision
+            robust = jax.tree.map(lambda x: jnp.asarray(x, alpha.dtype), robust)
+        self.robust = robust
         if isinstance(cov, _GivenFactor):  # from_cholesky: keep the factor as given
             self.cov_chol = _checked_factor("cov_chol", cov.value, m, alpha.dtype)
             return
@@ -90,14 +121,22 @@ class Observation(eqx.Module):
         self.cov_chol = _checked_cholesky("cov", R)
 
     @classmethod
-    def scalar(cls, R, loading=1.0) -> Observation:
-        """One feature ``z = loading * mu + eps``, ``eps ~ N(0, R)``."""
+    def scalar(cls, R, loading=1.0, feature_names=None, *, robust=None) -> Observation:
+        """One feature ``z = loading * mu + eps``, ``eps ~ N(0, R)`` (``robust``: as
+        ``dj.Observation``'s)."""
         R = v.as_float_array("R", R)
         alpha = v.as_float_array("loading", loading, R.dtype)
-        return cls(jnp.reshape(alpha, (1,)), jnp.reshape(R, (1, 1)))
+        return cls(
+            jnp.reshape(alpha, (1,)),
+            jnp.reshape(R, (1, 1)),
+            feature_names=feature_names,
+            robust=robust,
+        )
 
     @classmethod
-    def from_cholesky(cls, loadings, cov_chol, update: str = "joint") -> Observation:
+    def from_cholesky(
+        cls, loadings, cov_chol, update: str = "joint", feature_names=None, *, robust=None
+    ) -> Observation:
         """Build from a lower Cholesky factor ``L`` of ``R = L L^T`` (the fitting
         parametrisation, and what a config file's ``cov_cholesky`` holds).
 
@@ -112,11 +151,43 @@ class Observation(eqx.Module):
             >>> obs.cov_chol.tolist(), obs.cov.tolist()
             ([[2.0, 0.0], [1.5, 0.5]], [[4.0, 3.0], [3.0, 2.5]])
         """
-        return cls(loadings, _GivenFactor(cov_chol), update)
+        return cls(loadings, _GivenFactor(cov_chol), update, feature_names, robust=robust)
 
     @property
     def num_features(self) -> int:
         return self.loadings.shape[0]
+
+    def with_feature_names(self, feature_names) -> Observation:
+        """The same observation with ``feature_names`` (``None``: without names).
+
+        Example:
+            >>> import drift_jax as dj
+            >>> obs = dj.Observation.scalar(4.0).with_feature_names(["bim"])
+            >>> obs.feature_names, obs.cov.tolist()
+            (('bim',), [[4.0]])
+        """
+        names = v.feature_names("feature_names", feature_names, self.num_features)
+        return self._replace(feature_names=names)
+
+    def with_robust(self, robust) -> Observation:
+        """The same observation with the robust update ``robust`` (``None``: Gaussian).
+
+        Example:
+            >>> import drift_jax as dj
+            >>> obs = dj.Observation.scalar(4.0).with_robust(dj.Huber(2.0))
+            >>> obs.robust.kind, obs.with_robust(None).robust is None
+            ('huber', True)
+        """
+        robust = check_robust("robust", robust)
+        if robust is not None:
+            robust = jax.tree.map(lambda x: jnp.asarray(x, self.loadings.dtype), robust)
+        return self._replace(robust=robust)
+
+    def _replace(self, **fields) -> Observation:
+        new = object.__new__(Observation)  # as equinox's unflatten builds a Module
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, fields.get(f.name, getattr(self, f.name)))
+        return new
 
     @property
     def cov(self) -> ObsMatrix:
@@ -211,6 +282,7 @@ def measurement_update(
     H: Float[Array, "m n"],
     R: ObsMatrix,
     update: str,
+    robust: AbstractRobust | None = None,
 ) -> tuple[StateVector, StateMatrix, Scalar]:
     """Kalman measurement update with per-component missing data (NaN in ``z``).
 
@@ -218,10 +290,25 @@ def measurement_update(
     NaN are dropped: the update uses the observed sub-vector and sub-covariance (their
     rows of ``H`` and ``R`` are masked, which is algebraically the same and keeps shapes
     static). With nothing observed the posterior is the prior and the log-likelihood 0.
+
+    ``robust`` (a ``dj.Huber`` / ``dj.StudentT``): the robust update of
+    ``_models/robust.py``, gated on the innovation along ``H[:, 0]`` (the loadings);
+    ``update="independent"`` is then the joint update with ``diag(R)``. ``None``: the
+    Gaussian update, unchanged.
     """
+    if robust is not None:
+        if update != "joint":
+            R = _diagonal_only(R)
+        return _robust_joint_update(mean, cov, z, H, R, robust)
     if update == "joint":
         return _joint_update(mean, cov, z, H, R)
     return _independent_update(mean, cov, z, H, R)
+
+
+def _diagonal_only(R):
+    """``R`` with its off-diagonal entries 0 (leading batch axes kept)."""
+    m = R.shape[-1]
+    return jnp.where(jnp.eye(m, dtype=bool), R, 0.0)
 
 
 def mask_missing(z, H, R):
@@ -267,6 +354,37 @@ def _joint_update(mean, cov, z, H, R):
     n_obs = jnp.sum(observed, axis=-1)
     loglik = -0.5 * (n_obs * _LOG_2PI + logdet + jnp.sum(w * w, axis=-1))
     return new_mean, new_cov, loglik
+
+
+def _robust_joint_update(mean, cov, z, H, R, robust: AbstractRobust):
+    """The joint update with ``R / w(e)`` and the robust log-likelihood
+    ``log N(z; H m, S) + log f(e) - log phi(e)`` (``_models/robust.py``), where
+    ``e^2 = (h^T S^{-1} v)^2 / (h^T S^{-1} h)``, ``h = H[:, 0]``: the standardised
+    innovation of the exact reduction of the features to one observation of ``mu``."""
+    observed, _, Hm, Rm = mask_missing(z, H, R)
+    innov = jnp.where(observed, z - la.mv(H, mean), 0.0)
+    PHt = la.mm(cov, la.transpose(Hm))  # [n, m]
+    HPHt = la.mm(Hm, PHt)
+    L = la.cholesky(HPHt + Rm)
+    w = la.solve_lower(L, innov)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    n_obs = jnp.sum(observed, axis=-1)
+    gauss = -0.5 * (n_obs * _LOG_2PI + logdet + jnp.sum(w * w, axis=-1))
+    wh = la.solve_lower(L, Hm[..., :, 0])  # L^{-1} h
+    den = jnp.sum(wh * wh, axis=-1)  # h^T S^{-1} h
+    num = jnp.sum(wh * w, axis=-1)  # h^T S^{-1} v
+    usable = den > 0
+    e2 = num * num / jnp.where(usable, den, 1.0)
+    weight, log_ratio = robust_terms(robust, e2, usable)
+    Rw = Rm / weight[..., None, None]
+    Lw = la.cholesky(HPHt + Rw)
+    K = la.transpose(la.cho_solve(Lw, la.transpose(PHt)))
+    new_mean = mean + la.mv(K, innov)
+    n = mean.shape[-1]
+    IKH = jnp.eye(n, dtype=cov.dtype) - la.mm(K, Hm)
+    KRw = la.mm(K, Rw)
+    new_cov = la.mm(la.mm(IKH, cov), la.transpose(IKH)) + la.mm(KRw, la.transpose(K))
+    return new_mean, la.symmetrise(new_cov), gauss + log_ratio
 
 
 def _independent_update(mean, cov, z, H, R):

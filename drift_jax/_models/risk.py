@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from .._core import validate as v
 from .._core.types import Array, ArrayLike, Bool, Float
 from .constraints import CONSTRAINT, NonNegative, Positive
+from .returns import AbstractReturnModel, gaussian_return_nll
 
 
 def sigma_effective(
@@ -40,14 +41,17 @@ def is_crisis(p_crisis: Float[ArrayLike, "..."], threshold: float = 0.3) -> Bool
     return jnp.asarray(p_crisis) > threshold
 
 
-class RiskModel(eqx.Module):
+class RiskModel(AbstractReturnModel):
     """The return-risk side of a drift model: ``sigma_effective`` and the crisis alert.
 
     ``sigma_effective_t = sigma_base * (1 + crisis_amplifier * P_t(Crisis))`` is the
     volatility (bps per sqrt(second)) of the next interval's return, widened by the filter's
     crisis probability; ``is_crisis`` fires when ``P(Crisis) > threshold``. Both
     ``sigma_base`` and ``crisis_amplifier`` are learnable (``dj.fit`` with returns); the
-    threshold is a setting.
+    threshold is a setting. As a return model (``risk=`` of the losses and ``dj.fit``) it
+    scores the next interval's return under ``N(mu_hat_k dt, sigma_eff_k^2 dt)``; for
+    returns whose volatility is set by the regime, ``dj.RegimeReturnModel`` is the correctly
+    specified alternative.
 
     Arguments:
         sigma_base: return volatility in calm markets (bps / sqrt(s)), ``> 0``.
@@ -79,3 +83,9 @@ class RiskModel(eqx.Module):
     def is_crisis(self, p_crisis: Float[ArrayLike, "..."]) -> Bool[Array, "..."]:
         """``p_crisis > threshold``."""
         return is_crisis(p_crisis, self.threshold)
+
+    def predictive_nll(self, result, dt, returns):
+        """``-sum_k log N(returns[k+1]; mu_hat_k dt[k+1], sigma_eff_k^2 dt[k+1])`` with
+        ``sigma_eff_k`` from the filter's ``P_k(Crisis)`` (traceable, no validation)."""
+        sigma = self.sigma_base * (1.0 + self.crisis_amplifier * result.p_crisis)
+        return gaussian_return_nll(result, sigma, dt, returns)

@@ -34,6 +34,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._core import validate as v
 from .._core.types import Array, Float
@@ -127,19 +128,24 @@ def _ramp(t, at, width):
     return value, slope
 
 
+def _cascade_labels(t, t_prev, start, fall_time, hold_time, recovery_time, outside):
+    """The cascade's true regimes at steps ``(t_prev, t]``, by the model's meaning of each
+    regime: Crisis for a step that overlaps the fall ``[start, start + fall_time]`` (a
+    fast-moving drift; a jump's own step when ``fall_time = 0``), Trending during the hold
+    and the recovery (a drift away from 0 that moves slowly), ``outside`` elsewhere."""
+    end_fall = start + fall_time
+    end = end_fall + hold_time + recovery_time
+    crisis = (t >= start) & (t_prev < end_fall)
+    trending = (t >= end_fall) & (t < end) & ~crisis
+    return jnp.where(crisis, _CRISIS, jnp.where(trending, _TRENDING, outside))
+
+
 def _cascade(t, p, sim):
-    level, start = p["level"], p["start"]
-    fall, fall_slope = _ramp(t, start, p["fall_time"])
-    end_hold = start + p["fall_time"] + p["hold_time"]
-    rise, rise_slope = _ramp(t, end_hold, p["recovery_time"])
-    c = level * fall - level * rise + 0.0  # + 0.0: no -0.0 before the fall
-    rate = level * (fall_slope - rise_slope)
-    label = jnp.where(
-        t < start,
-        _QUIET,
-        jnp.where(
-            t < end_hold, _CRISIS, jnp.where(t < end_hold + p["recovery_time"], _TRENDING, _QUIET)
-        ),
+    c, rate, _ = _cascade_script(t, p)
+    start = p["start"]
+    t_prev = jnp.concatenate([jnp.zeros_like(t[:1]), t[:-1]])  # each step's start time
+    label = _cascade_labels(
+        t, t_prev, start, p["fall_time"], p["hold_time"], p["recovery_time"], _QUIET
     )
     return c, rate, label
 
@@ -491,8 +497,13 @@ def liquidation_cascade(
 
     Script: 0 until ``start``, a linear fall to ``level`` over ``fall_time``, ``level``
     for ``hold_time``, a linear recovery to 0 over ``recovery_time``, then 0 (the profile
-    of ``dj.scenarios.cascade_profile``). Truth: Quiet before ``start``, Crisis from
-    ``start`` to the end of the hold, Trending during the recovery, Quiet after.
+    of ``dj.scenarios.cascade_profile``). Truth, labelled with the regime whose dynamics
+    each phase has (the model's Crisis is a fast-moving drift): Quiet before ``start``,
+    Crisis during the fall (the steps that overlap ``[start, start + fall_time]``; a
+    jump's own step when ``fall_time = 0``), Trending during the hold and the recovery
+    (a drift far from 0 that moves slowly), Quiet after. So ``dj.metrics.recovery_time``
+    measures how long ``P(Crisis)`` outlasts the fall, and ``detection_latency`` how soon
+    it rises during the fall (an alarm after the fall has ended is a miss).
 
     Arguments:
         level: drift reached by the fall (bps/s, finite; default -50).
@@ -507,8 +518,8 @@ def liquidation_cascade(
         >>> paths = dj.scenarios.liquidation_cascade(jax.random.key(0), 2, background_sigma=0.0)
         >>> paths.features.shape, float(paths.drift[0, 999])
         ((2, 3000, 4), -50.0)
-        >>> [paths.regime_names[int(paths.regimes[0, k])] for k in (0, 700, 1100, 1400)]
-        ['Quiet', 'Crisis', 'Trending', 'Quiet']
+        >>> [paths.regime_names[int(paths.regimes[0, k])] for k in (0, 610, 700, 1100, 1400)]
+        ['Quiet', 'Crisis', 'Trending', 'Trending', 'Quiet']
     """
     params = dict(
         level=level,
@@ -670,3 +681,121 @@ _DEFAULTS = {
 _LENGTHS = {
     name: inspect.signature(func).parameters["n_steps"].default for name, func in SCENARIOS.items()
 }
+
+
+# --- scripted events on a regime-switching background ---------------------------------------
+
+
+def cascade_on_background(
+    model,
+    key,
+    n_paths=1,
+    n_steps=3000,
+    dt=0.1,
+    *,
+    level=-50.0,
+    start=60.0,
+    fall_time=2.0,
+    hold_time=40.0,
+    recovery_time=30.0,
+    **simulate_options,
+) -> Paths:
+    """A liquidation cascade scripted on top of paths simulated from ``model``.
+
+    The background is ``dj.simulate(model, key, n_paths, n_steps, dt, **simulate_options)``:
+    a regime-switching drift with the model's own regimes, features and returns, and any
+    of ``dj.simulate``'s options (``sampling="poisson"``: each path its own Poisson
+    arrival times, mean gap ``dt``; ``missing_prob``, ``return_vol``, jumps). Onto each
+    path, at its own times ``t_k`` (``paths.times``), the cascade's script ``c(t)``
+    (``dj.scenarios.cascade_profile``) is added: ``drift += c``, ``drift_rate += c'``,
+    ``features += loadings * c`` (a missing feature stays missing), ``returns += c dt``.
+    The truth inside the script is labelled as ``liquidation_cascade`` labels it (Crisis
+    for the steps that overlap the fall, the model's "Trending" regime during the hold
+    and the recovery, when it has one), the background's regime elsewhere.
+
+    Arguments:
+        model: the background's ``dj.IMMModel`` (or ``dj.KalmanModel``); its crisis
+            regime labels the fall.
+        key, n_paths, n_steps, dt: as ``dj.simulate``'s.
+        level, start, fall_time, hold_time, recovery_time: the script (as
+            ``liquidation_cascade``'s), each a number or ``[n_paths]`` (one per path).
+        simulate_options: passed to ``dj.simulate``.
+
+    Returns:
+        ``dj.Paths`` with the model's regime names.
+
+    Example:
+        >>> import jax, drift_jax as dj
+        >>> imm = dj.seed_imm(dj.scenarios.default_observation())
+        >>> paths = dj.scenarios.cascade_on_background(imm, jax.random.key(0), 2, 1000, 0.1,
+        ...                                            start=50.0)
+        >>> paths.regime_names[int(paths.regimes[0, 505])], float(paths.drift_rate[0, 505])
+        ('Crisis', -25.0)
+        >>> poisson = dj.scenarios.cascade_on_background(  # each path its own arrival times
+        ...     imm, jax.random.key(0), 2, 1000, 0.1, start=50.0, sampling="poisson")
+        >>> bool(poisson.times[0, 500] != poisson.times[1, 500])
+        True
+    """
+    from .simulate import simulate
+
+    background = simulate(model, key, n_paths, n_steps, dt, **simulate_options)
+    dtype = background.drift.dtype
+    B = background.num_paths
+    shape = {}
+    for name, value in (
+        ("level", level),
+        ("start", start),
+        ("fall_time", fall_time),
+        ("hold_time", hold_time),
+        ("recovery_time", recovery_time),
+    ):
+        arr = v.as_float_array(name, value, dtype)
+        if arr.ndim == 0:
+            arr = jnp.full((B,), arr, dtype)
+        if arr.shape != (B,):
+            raise ValueError(
+                f"`{name}` must be a number or one per path (shape [n_paths] = [{B}]), got "
+                f"shape {arr.shape}."
+            )
+        allowed, ok = _PARAMS["liquidation_cascade"][name]
+        vals = np.asarray(arr, dtype=np.float64)
+        if not all(ok(float(x)) for x in vals):
+            raise ValueError(f"`{name}` must be {allowed}; got {name}={vals.tolist()}.")
+        shape[name] = arr[:, None]
+    t = background.times
+    t_prev = jnp.concatenate([jnp.zeros_like(t[:, :1]), t[:, :-1]], axis=1)
+    c, rate, _ = _cascade_script(t, shape)
+    names = background.regime_names
+    crisis = background.crisis_index
+    trending = names.index("Trending") if "Trending" in names else -1
+    active = (t >= shape["start"]) & (
+        t_prev < shape["start"] + shape["fall_time"] + shape["hold_time"] + shape["recovery_time"]
+    )
+    in_fall = (t >= shape["start"]) & (t_prev < shape["start"] + shape["fall_time"])
+    regimes = background.regimes
+    if trending >= 0:
+        regimes = jnp.where(active & ~in_fall, trending, regimes)
+    if crisis >= 0:
+        regimes = jnp.where(in_fall, crisis, regimes)
+    loadings = model.observation.loadings.astype(dtype)
+    return Paths(
+        regimes.astype(jnp.int32),
+        background.drift + c,
+        background.drift_rate + rate,
+        background.features + c[..., None] * loadings,
+        background.returns + c * background.dt,
+        background.dt,
+        names,
+        background.crisis_index,
+        background.quiet_index,
+    )
+
+
+def _cascade_script(t, p):
+    """``c(t)`` and ``c'(t)`` of the cascade (parameters broadcast against ``t``)."""
+    level, start = p["level"], p["start"]
+    fall, fall_slope = _ramp(t, start, p["fall_time"])
+    end_hold = start + p["fall_time"] + p["hold_time"]
+    rise, rise_slope = _ramp(t, end_hold, p["recovery_time"])
+    # + 0.0: no -0.0 before the fall
+    return level * fall - level * rise + 0.0, level * (fall_slope - rise_slope), None

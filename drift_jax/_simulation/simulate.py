@@ -5,7 +5,9 @@ filtering share one parameter set. Per path and per step ``k`` (step ``k`` cover
 ``(t_{k-1}, t_k]``, ``dt_k = t_k - t_{k-1}``), starting from the filter's prior
 ``s_{-1} ~ init_probs``, ``x_{-1} ~ N(init_mean, init_cov)``:
 
-1. regime ``s_k ~ Pi[s_{k-1}, :]`` (a ``KalmanModel`` has one regime);
+1. regime ``s_k ~ Pi[s_{k-1}, :]`` (a ``KalmanModel`` has one regime), with continuous-time
+   regimes (``rates=Q``) ``Pi = expm(Q dt_k)`` for each step's own ``dt_k``: the chain
+   drawn exactly at the sampling times, regular or Poisson;
 2. state ``x_k = F_{s_k}(dt_k) x_{k-1} + w_k``, ``w_k ~ N(0, Q_{s_k}(dt_k))`` — the
    member's own discretisation (euler or exact; a scalar member of an extended IMM resets
    ``mu_dot`` to 0, as the filter assumes); optionally a jump in ``mu`` when ``s_k``
@@ -85,6 +87,49 @@ class Paths(eqx.Module):
         now = self.regimes == r
         before = jnp.concatenate([jnp.ones_like(now[:, :1]), now[:, :-1]], axis=1)
         return now & ~before
+
+    def to_frame(self, feature_names=None, *, start_price: float = 100.0):
+        """The paths as a timestamped table (``pandas.DataFrame``), one row per path and step.
+
+        Columns: ``path``, ``time`` (``t_k``, s), ``dt``, one column per feature
+        (``feature_names``, default ``z0, z1, ...``; NaN = missing), ``mid`` (the price
+        ``start_price * prod(1 + r / 1e4)`` from the returns, the convention of
+        ``dj.simple_returns``), ``returns`` (bps), and the truth: ``drift``, ``drift_rate``,
+        ``regime`` (its name). ``table[table.path == 0]`` is the history ``dj.read_history``
+        reads (``price_column="mid"``).
+
+        Example:
+            >>> import jax, drift_jax as dj
+            >>> paths = dj.simulate(dj.seed_imm(), jax.random.key(0), 2, 5, 0.5)
+            >>> df = paths.to_frame(["bim"])
+            >>> list(df.columns), len(df)
+            (['path', 'time', 'dt', 'bim', 'mid', 'returns', 'drift', 'drift_rate', 'regime'], 10)
+        """
+        from .._core.optional import optional_pandas
+
+        pd = optional_pandas()
+        m = self.num_features
+        names = [f"z{k}" for k in range(m)] if feature_names is None else list(feature_names)
+        if len(names) != m or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"`feature_names` must be {m} strings, got {names!r}.")
+        B, T = self.num_paths, self.num_steps
+        r = np.asarray(self.returns, dtype=np.float64)
+        mid = float(start_price) * np.cumprod(1.0 + r / 1e4, axis=1)
+        table = {
+            "path": np.repeat(np.arange(B), T),
+            "time": np.asarray(self.times, dtype=np.float64).ravel(),
+            "dt": np.asarray(self.dt, dtype=np.float64).ravel(),
+        }
+        features = np.asarray(self.features, dtype=np.float64).reshape(B * T, m)
+        table.update({n: features[:, k] for k, n in enumerate(names)})
+        table.update(
+            mid=mid.ravel(),
+            returns=r.ravel(),
+            drift=np.asarray(self.drift, dtype=np.float64).ravel(),
+            drift_rate=np.asarray(self.drift_rate, dtype=np.float64).ravel(),
+            regime=np.asarray(self.regime_names, dtype=object)[np.asarray(self.regimes).ravel()],
+        )
+        return pd.DataFrame(table)
 
     def __getitem__(self, index) -> Paths:
         """Select paths (the leading axis): ``paths[:100]``, ``paths[idx]``."""
@@ -196,7 +241,9 @@ def _sample_one(sim: PathSimulator, key):
     dtype = model.dtype
     T, M, n, m = sim.num_steps, sim.num_regimes, model.state_dim, model.num_features
     # A single model is one regime: Pi = [[1]], p0 = [1].
-    Pi, p0 = model.transition_matrix(), model.initial_regime_probs
+    p0 = model.initial_regime_probs
+    # Continuous-time regimes switch with expm(rates dt_k) for each step's own dt_k.
+    chain_per_step = model.transition_depends_on_dt
     ks = jax.random.split(key, 9)
     # Draw every random number up front: the scan below is then deterministic arithmetic.
     s0 = jax.random.choice(ks[0], M, p=p0)
@@ -221,7 +268,10 @@ def _sample_one(sim: PathSimulator, key):
     fixed = sim.sampling == "regular" and sim.dt.ndim == 0
     if fixed:
         Fs, Ls = _regime_transitions(model, sim.dt)
-    cum_Pi = jnp.cumsum(Pi, axis=1)
+    if chain_per_step:
+        cum_Pi = jnp.cumsum(model.transition_matrix(sim.dt), axis=1) if fixed else None
+    else:
+        cum_Pi = jnp.cumsum(model.transition_matrix(), axis=1)
 
     def pick(table, s):
         # table[s] as a chain of selects over the static M: under vmap a gather per step
@@ -235,7 +285,8 @@ def _sample_one(sim: PathSimulator, key):
         s_prev, x = carry
         u, wk, jz, sg, dtk = inp
         # Inverse-CDF draw from row s_prev; the last bin takes any rounding slack.
-        s = jnp.minimum(jnp.sum(u > pick(cum_Pi, s_prev)), M - 1)
+        cum = cum_Pi if cum_Pi is not None else jnp.cumsum(model.transition_matrix(dtk), axis=1)
+        s = jnp.minimum(jnp.sum(u > pick(cum, s_prev)), M - 1)
         F, L = (Fs, Ls) if fixed else _regime_transitions(model, dtk)
         x = pick(F, s) @ x + pick(L, s) @ wk
         jump = pick(sim.jump_mean, s) + pick(sim.jump_std, s) * jz
@@ -347,8 +398,9 @@ def simulate(
     """Draw ``n_paths`` paths of regimes, drift, features and returns from ``model``.
 
     Arguments:
-        model: a ``dj.IMMModel`` (regime chain from its ``transition``, one drift law per
-            regime) or a ``dj.KalmanModel`` (one regime). Its parameters and dtype are
+        model: a ``dj.IMMModel`` (regime chain from its ``transition``, per step, or from
+            ``expm(rates dt_k)`` for each step's ``dt_k``; one drift law per regime) or a
+            ``dj.KalmanModel`` (one regime). Its parameters and dtype are
             used as they are, prior included.
         key: a JAX PRNG key; path ``i`` uses ``jax.random.fold_in(key, i)``.
         n_paths, n_steps: ``B`` and ``T`` (ints >= 1).
