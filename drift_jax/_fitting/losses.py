@@ -31,7 +31,7 @@ import numpy as np
 from .._core import validate as v
 from .._core.inputs import check_no_inf, prepare_dt, prepare_observations
 from .._core.types import Array, DtLike, Float, ObsLike, Scalar
-from .._filters.methods import SEQUENTIAL, AbstractFilterMethod, resolve_method
+from .._filters.methods import AbstractFilterMethod, resolve_method
 from .._models.model import check_model
 
 LogPrior = Callable[..., Scalar]
@@ -88,7 +88,7 @@ def predictive_return_nll(result, risk, dt, returns) -> Scalar:
 
 
 def feature_nll(
-    model, zs: ObsLike, dt: DtLike, *, method: AbstractFilterMethod | str = SEQUENTIAL
+    model, zs: ObsLike, dt: DtLike, *, method: AbstractFilterMethod | str | None = None
 ) -> Scalar:
     """Minus the filter's log-likelihood of the features, ``-sum_t log p(z_t | z_<t)``.
 
@@ -97,7 +97,8 @@ def feature_nll(
         zs: features ``[T]`` or ``[T, m]`` (NaN = missing).
         dt: step lengths in seconds, a scalar or ``[T]``.
         method: how the filter runs and is differentiated, as for ``dj.filter`` (default
-            ``dj.Sequential()``, the model's default adjoint).
+            ``None``: picked by the series' length, ``dj.Chunked()`` from 10,000 steps,
+            else ``dj.Sequential()`` with the model's default adjoint).
 
     Returns:
         The negative log-likelihood (a sum over steps, not a mean).
@@ -110,9 +111,9 @@ def feature_nll(
         True
     """
     _check_model(model)
-    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
+    method = resolve_method(method, model, num_steps=zs.shape[0])
     return -run_filter(model, zs, dt, method).log_likelihood
 
 
@@ -123,7 +124,7 @@ def return_nll(
     dt: DtLike,
     returns,
     *,
-    method: AbstractFilterMethod | str = SEQUENTIAL,
+    method: AbstractFilterMethod | str | None = None,
 ) -> Scalar:
     """Predictive NLL of the next interval's return given the features so far.
 
@@ -141,7 +142,7 @@ def return_nll(
         zs: features ``[T]`` or ``[T, m]``.
         dt: step lengths (s), a scalar or ``[T]``.
         returns: ``[T]``, ``returns[k]`` the realised return (bps) over ``(t_{k-1}, t_k]``.
-        method: as for ``dj.filter`` (default ``dj.Sequential()``).
+        method: as for ``dj.filter`` (default ``None``: picked by the series' length).
 
     Returns:
         The negative log-likelihood (a sum over the scored intervals).
@@ -156,9 +157,9 @@ def return_nll(
     """
     _check_model(model)
     _check_risk(risk, model)
-    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
+    method = resolve_method(method, model, num_steps=zs.shape[0])
     returns = prepare_returns(returns, zs.shape[0], model.dtype)
     return predictive_return_nll(run_filter(model, zs, dt, method), risk, dt, returns)
 
@@ -173,7 +174,7 @@ def fit_loss(
     feature_weight=1.0,
     return_weight=1.0,
     prior=None,
-    method: AbstractFilterMethod | str = SEQUENTIAL,
+    method: AbstractFilterMethod | str | None = None,
 ) -> Scalar:
     """The loss ``dj.fit`` minimises, per time step.
 
@@ -190,7 +191,7 @@ def fit_loss(
         feature_weight, return_weight: weights ``>= 0`` of the two NLL terms.
         prior: ``None`` or a callable ``(model, risk) -> log prior density``.
         method: how the filter runs and is differentiated, as for ``dj.filter`` (default
-            ``dj.Sequential()``).
+            ``None``: picked by the series' length).
 
     Returns:
         The scalar loss.
@@ -203,9 +204,9 @@ def fit_loss(
         True
     """
     _check_model(model)
-    method = resolve_method(method, model)
     zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
+    method = resolve_method(method, model, num_steps=zs.shape[0])
     if returns is not None:
         _check_risk(risk, model)
         returns = prepare_returns(returns, zs.shape[0], model.dtype)
