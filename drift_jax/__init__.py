@@ -108,7 +108,6 @@ from ._models.model import (
     AbstractFilterResult as AbstractFilterResult,
 )
 from ._models.observation import Observation as Observation
-from ._models.robust import AbstractRobust as AbstractRobust, Huber as Huber, StudentT as StudentT
 from ._models.presets import (
     REGIME_NAMES as REGIME_NAMES,
     SEED_REGIMES as SEED_REGIMES,
@@ -125,6 +124,7 @@ from ._models.risk import (
     is_crisis as is_crisis,
     sigma_effective as sigma_effective,
 )
+from ._models.robust import AbstractRobust as AbstractRobust, Huber as Huber, StudentT as StudentT
 from ._simulation.simulate import (
     Paths as Paths,
     PathSimulator as PathSimulator,

@@ -40,9 +40,6 @@ def test_rates_at_dt_one_equal_the_per_cycle_expm(extended):
     np.testing.assert_allclose(a.regime_probs, b.regime_probs, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.drift, b.drift, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.drift_var, b.drift_var, rtol=0, atol=1e-12)
-    # The same dt per step, given as an array: one expm per step, the same numbers.
-    c = dj.filter(ct, zs, np.ones(60))
-    np.testing.assert_allclose(c.regime_probs, a.regime_probs, rtol=0, atol=1e-12)
 
 
 def test_irregular_steps_use_each_steps_expm_in_the_filter_and_the_estimator():
@@ -113,13 +110,13 @@ def test_simulated_chain_under_poisson_steps_is_expm_of_each_step():
 
 
 def test_fit_recovers_rates_within_three_standard_errors():
-    Q = np.array([[-0.1, 0.1], [0.25, -0.25]])
+    Q = np.array([[-0.3, 0.3], [0.6, -0.6]])
     obs = dj.Observation.scalar(1.0)
     members = (dj.OU(0.2, 0.3), dj.OU(0.05, 4.0))
     true = dj.IMMModel(members, obs, rates=Q, init_probs=[0.7, 0.3])
-    paths = dj.simulate(true, jax.random.key(0), 1, 1500, 0.5, sampling="poisson")
+    paths = dj.simulate(true, jax.random.key(0), 1, 600, 0.5, sampling="poisson")  # ~90 switches
     zs, dts = paths.features[0], paths.dt[0]
-    start = dj.IMMModel(members, obs, rates=[[-0.3, 0.3], [0.6, -0.6]], init_probs=[0.7, 0.3])
+    start = dj.IMMModel(members, obs, rates=3.0 * Q, init_probs=[0.7, 0.3])
     trainable = lambda p: p.model.rates
     fitted = dj.fit(start, zs, dts, trainable=trainable, steps=60, progress=False)
     assert bool(fitted.converged)
@@ -133,7 +130,7 @@ def test_fit_recovers_rates_within_three_standard_errors():
     ]
     est = t.loc[["rates[0,1]", "rates[1,0]"], "estimate"].to_numpy()
     err = t.loc[["rates[0,1]", "rates[1,0]"], "std_err"].to_numpy()
-    z = (est - np.array([0.1, 0.25])) / err
+    z = (est - np.array([0.3, 0.6])) / err
     print(f"rates {est} +- {err}: z {z}")
     assert np.all(np.abs(z) < 3.0), z
     np.testing.assert_allclose(
@@ -242,8 +239,8 @@ def test_bad_rates_are_clear_errors():
 
 
 def test_monte_carlo_with_continuous_time_regimes():
-    """Under Poisson sampling the continuous-time model is the simulator's own and scores
-    a higher likelihood than the per-cycle model with the same Pi at the mean step."""
+    """dj.monte_carlo runs a continuous-time IMM over Poisson-sampled paths of its own
+    simulator: calibrated (coverage near 95%, NEES near 1) and finite everywhere."""
     ct = dj.IMMModel(
         dj.seed_imm().dynamics,
         dj.Observation.scalar(1.0),
@@ -251,16 +248,8 @@ def test_monte_carlo_with_continuous_time_regimes():
         regime_names=dj.REGIME_NAMES,
     )
     sim = dj.simulator(ct, 200, 1.0, sampling="poisson")
-    report = dj.monte_carlo(
-        {"ct": ct, "per-cycle": dj.seed_imm()},
-        sim,
-        key=jax.random.key(2),
-        n_paths=64,
-        progress=False,
-    )
-    table = report.table
-    print(table[["rmse", "loglik_per_step", "false_alarms_per_hour"]])
-    assert np.all(np.isfinite(table["rmse"].to_numpy()))
-    assert float(table.loc["ct", "loglik_per_step"]) > float(
-        table.loc["per-cycle", "loglik_per_step"]
-    )
+    report = dj.monte_carlo({"ct": ct}, sim, key=jax.random.key(2), n_paths=64, progress=False)
+    row = report.table.loc["ct"]
+    print(report.table[["rmse", "coverage_2sigma", "nees", "loglik_per_step"]])
+    assert np.isfinite(row["rmse"]) and np.isfinite(row["loglik_per_step"])
+    assert 0.9 < row["coverage_2sigma"] < 0.99 and 0.7 < row["nees"] < 1.3

@@ -62,9 +62,7 @@ def test_recovery_reads_true_with_the_new_labels(cascade_run):
 
 def test_poisson_arrivals_per_path():
     rate, horizon, B = 5.0, 40.0, 200
-    paths = dj.simulate(
-        dj.seed_imm(), jax.random.key(3), B, 300, 1.0 / rate, sampling="poisson"
-    )
+    paths = dj.simulate(dj.seed_imm(), jax.random.key(3), B, 300, 1.0 / rate, sampling="poisson")
     t = np.asarray(paths.times)
     assert t[:, -1].min() > horizon  # every path runs past the window
     counts = (t <= horizon).sum(axis=1)

@@ -8,6 +8,15 @@ Episodes: an episode of regime ``r`` starts at a step ``k0`` with ``regimes[k0] 
 ``regimes[k0 - 1] != r`` (step 0 is an onset only with ``include_start=True``) and lasts
 while the regime stays ``r``.
 
+What the metrics measure depends on what the true labels mean, and they read true only
+when the labels mean what the model's regimes mean: the model's Crisis is a fast-moving
+drift (``sigma`` 5 bps/s per sqrt(s) in ``dj.seed_imm``), so a crisis episode is the fast
+move itself. ``dj.scenarios`` labels that way (a cascade's fall is Crisis, its flat hold
+Trending): ``detection_latency`` is then how soon ``P(Crisis)`` rises during the move
+and ``recovery_time`` how long it outlasts it. Labelling a flat hold Crisis (as the
+scenarios once did) makes ``recovery_time`` read 0 (the filter's P(Crisis) has fallen
+during the hold, long before the label ends) and lets a late alarm count as detected.
+
 The per-event functions return a path ``[..., T]`` that holds the latency at each event
 step, NaN at the other steps and ``+inf`` for an event whose target is never reached in
 its window; ``summarise_latencies`` turns such arrays into counts and quantiles. Nothing
@@ -149,7 +158,7 @@ def recovery_time(
     threshold: ScalarLike = 0.3,
 ) -> Float[Array, "..."]:
     """Time from the end of each crisis episode until ``P(Crisis)`` is back at or below
-    ``threshold``.
+    ``threshold``: how long the alarm outlasts the crisis (0 when it has already ended).
 
     At a step ``k1`` with ``regimes[k1-1] == crisis != regimes[k1]``: ``t_j - t_k1`` for the
     first ``j >= k1`` with ``p_crisis[j] <= threshold`` (0 if it already is), ``+inf``

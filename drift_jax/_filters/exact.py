@@ -52,6 +52,12 @@ def exact_posterior(model, zs, dt) -> ExactResult:
     """
     check_model(model)
     dtype = model.dtype
+    if getattr(model.observation, "robust", None) is not None:
+        raise ValueError(
+            "dj.exact_posterior enumerates regime histories under Gaussian observation "
+            f"noise; the model's observation has robust={model.observation.robust!r}. Use "
+            "model.observation.with_robust(None) for the Gaussian reference."
+        )
     zs = prepare_observations(zs, model.num_features, dtype, model.observation.feature_names)
     T = zs.shape[0]
     dt = prepare_dt(dt, T, dtype)

@@ -121,8 +121,9 @@ class KalmanModel(AbstractDriftModel):
         if self.observation.robust is not None:
             raise ValueError(
                 "method=dj.Associative() (method='parallel') is the linear-Gaussian filter; "
-                f"this model's observation has a robust update (robust={self.observation.robust!r}), "
-                "whose gain depends on each innovation. Use dj.Sequential() or dj.Chunked(), "
+                "this model's observation has a robust update "
+                f"(robust={self.observation.robust!r}), whose gain depends on each "
+                "innovation. Use dj.Sequential() or dj.Chunked(), "
                 "or observation.with_robust(None)."
             )
         return _parallel_scan(self, zs, dt)

@@ -51,8 +51,8 @@ from .._models.constraints import constrained_fields, field_constraint
 from .._models.dynamics import OU, OUAccel
 from .._models.model import AbstractDriftModel, check_model
 from .._models.observation import Observation
-from .._models.robust import ROBUST_KINDS
 from .._models.risk import RiskModel
+from .._models.robust import ROBUST_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -114,7 +114,9 @@ def golden_vectors(
     )
     z = np.asarray(zs, dtype=np.float64)
     z = z[:, None] if z.ndim == 1 else z
-    res = run_filter(model, z, dt)
+    # The sequential filter, step by step as production runs it (method=None would run
+    # a long series in chunks, equal only to rounding).
+    res = run_filter(model, z, dt, method="sequential")
     T = z.shape[0]
     dts = np.broadcast_to(np.asarray(dt, dtype=np.float64), (T,))
     drift = np.asarray(res.drift, dtype=np.float64)

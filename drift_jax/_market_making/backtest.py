@@ -73,8 +73,21 @@ def _shared(paths: Paths, horizons):
     crisis = paths.crisis_index
     if crisis >= 0:
         now = paths.regimes == crisis
-        after = jnp.concatenate([now[:, 1:], jnp.zeros_like(now[:, :1])], axis=1)
-        ends = now & ~after
+        # A cascade is a run of non-Quiet steps with a Crisis step in it (the scenarios label
+        # the fall Crisis and the hold and recovery after it Trending); it ends on the run's
+        # last step, where its inventory is read.
+        active = paths.regimes != paths.quiet_index
+        after = jnp.concatenate([active[:, 1:], jnp.zeros_like(active[:, :1])], axis=1)
+
+        def seen(flag, x):
+            act, cri = x
+            flag = act & (flag | cri)
+            return flag, flag
+
+        _, with_crisis = jax.lax.scan(
+            seen, jnp.zeros(active.shape[:1], bool), (active.T, now.T)
+        )
+        ends = active & ~after & with_crisis.T
     else:
         now = ends = jnp.zeros(paths.regimes.shape, bool)
     return {

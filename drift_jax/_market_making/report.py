@@ -131,7 +131,8 @@ class MarketMakingReport:
             buy), bps per fill: negative is adverse selection; inventory ``max_abs_q_mean``,
             ``max_abs_q_p95``, ``time_at_limit`` (fraction of time at ``|q| = Q``),
             ``q_mean_<regime>`` and ``abs_q_mean_<regime>`` (time averages),
-            ``crisis_episodes`` and the inventory at the end of each crisis episode
+            ``crisis_episodes`` and the inventory at the end of each cascade (a run of non-Quiet
+            steps with a Crisis step in it: the fall and the hold after it)
             ``q_crisis_end_mean``, ``q_crisis_end_abs_mean``, ``q_crisis_end_at_limit``;
             ``adverse_q_max_crisis``: the largest inventory against the true drift (long
             while it is negative, short while positive) during a path's crisis steps,

@@ -88,9 +88,7 @@ class Observation(eqx.Module):
     feature_names: tuple[str, ...] | None = eqx.field(static=True, default=None)
     robust: AbstractRobust | None = None
 
-    def __init__(
-        self, loadings, cov, update: str = "joint", feature_names=None, *, robust=None
-    ):
+    def __init__(self, loadings, cov, update: str = "joint", feature_names=None, *, robust=None):
         alpha = v.as_float_array("loadings", loadings)
         if alpha.ndim == 0:
             alpha = alpha.reshape(1)

@@ -132,7 +132,8 @@ class Huber(AbstractRobust):
         # log(Z(c) / sqrt(2 pi)) = log1p(2 phi(c) / c - erfc(c / sqrt 2)): exactly 0 for a
         # huge c (the Gaussian), accurate for a large one.
         log_z = jnp.log1p(
-            2.0 * jnp.exp(-0.5 * c * c) / (c * _SQRT_2PI) - jax.scipy.special.erfc(c / math.sqrt(2.0))
+            2.0 * jnp.exp(-0.5 * c * c) / (c * _SQRT_2PI)
+            - jax.scipy.special.erfc(c / math.sqrt(2.0))
         )
         return tail - log_z
 

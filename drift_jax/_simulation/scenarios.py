@@ -768,21 +768,26 @@ def cascade_on_background(
     names = background.regime_names
     crisis = background.crisis_index
     trending = names.index("Trending") if "Trending" in names else -1
-    active = (t >= shape["start"]) & (
-        t_prev < shape["start"] + shape["fall_time"] + shape["hold_time"] + shape["recovery_time"]
+    script_label = _cascade_labels(
+        t,
+        t_prev,
+        shape["start"],
+        shape["fall_time"],
+        shape["hold_time"],
+        shape["recovery_time"],
+        -1,
     )
-    in_fall = (t >= shape["start"]) & (t_prev < shape["start"] + shape["fall_time"])
     regimes = background.regimes
     if trending >= 0:
-        regimes = jnp.where(active & ~in_fall, trending, regimes)
+        regimes = jnp.where(script_label == _TRENDING, trending, regimes)
     if crisis >= 0:
-        regimes = jnp.where(in_fall, crisis, regimes)
+        regimes = jnp.where(script_label == _CRISIS, crisis, regimes)
     loadings = model.observation.loadings.astype(dtype)
     return Paths(
         regimes.astype(jnp.int32),
         background.drift + c,
         background.drift_rate + rate,
-        background.features + c[..., None] * loadings,
+        background.features + c[..., None] * loadings[None, None, :],
         background.returns + c * background.dt,
         background.dt,
         names,
