@@ -159,7 +159,9 @@ def test_bad_method_objects():
 
     with pytest.raises(ValueError, match=r"`method` must be a method object"):
         resolve_method(dj.FusedAdjoint(), model)
-    with pytest.raises(ValueError, match=r"`method` must be 'sequential', 'parallel' or 'chunked'"):
+    with pytest.raises(
+        ValueError, match=r"`method` must be 'sequential', 'parallel' or 'chunked'"
+    ):
         dj.filter(model, ZS, dt, method="fused")
     # The legacy keyword and an explicit adjoint both set the adjoint: ambiguous.
     with pytest.raises(ValueError, match=r"`checkpoint=False` and `method=dj\.Sequential"):
