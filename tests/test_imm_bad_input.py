@@ -130,9 +130,11 @@ def test_filter_infinite_observation():
         dj.filter(_imm(), [0.0, np.inf, 1.0], 0.5)
 
 
-def test_filter_non_positive_dt():
+def test_filter_negative_dt():
+    # dt = 0 is allowed (equal timestamps: an update with no prediction, README "Data
+    # input, equal timestamps and streaming"); a negative step is an error.
     with pytest.raises(ValueError, match="dt"):
-        dj.filter(_imm(), [0.0, 1.0, 2.0], [0.5, 0.0, 0.5])
+        dj.filter(_imm(), [0.0, 1.0, 2.0], [0.5, -0.1, 0.5])
 
 
 def test_exact_posterior_series_too_long():

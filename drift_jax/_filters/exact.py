@@ -73,12 +73,14 @@ def exact_posterior(model, zs, dt) -> ExactResult:
     Fs, Qs = (jnp.stack(x) for x in model.stacked_transitions(dts))  # [M, T, n, n]
     H, R = model.observation.matrices(n, dtype)
     update = model.observation.update
-    Pi = model.transition_matrix()
-    log_Pi = _safe_log(Pi)
-    log_first = _safe_log(model.initial_regime_probs @ Pi)  # P(r_0)
+    # The chain's matrix of each step: Pi per cycle, or expm(Q dt_t) for rates.
+    Pis = jnp.broadcast_to(model.transition_matrices(dts), (T, M, M))
+    log_Pis = _safe_log(Pis)
+    log_first = _safe_log(model.initial_regime_probs @ Pis[0])  # P(r_0)
 
     def one_history(h):
-        log_prior = log_first[h[0]] + jnp.sum(log_Pi[h[:-1], h[1:]])
+        steps = jnp.arange(1, T)
+        log_prior = log_first[h[0]] + jnp.sum(log_Pis[steps, h[:-1], h[1:]])
 
         def step(state, t):
             F, Q = Fs[h[t], t], Qs[h[t], t]

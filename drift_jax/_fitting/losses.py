@@ -252,6 +252,12 @@ def _require_imm(model):
         raise v.ArgumentTypeError(
             f"a Dirichlet prior on `Pi` needs a dj.IMMModel, got {type(model).__name__}."
         )
+    if model.transition is None:
+        raise ValueError(
+            "a Dirichlet prior is on a per-cycle transition matrix `Pi`; this dj.IMMModel has "
+            "continuous-time `rates` instead (its Pi = expm(Q dt) depends on the step). Put "
+            "a prior on the rates as a callable `prior=lambda model, risk: ...` instead."
+        )
 
 
 def dirichlet_log_density(Pi: Array, alpha: Array) -> Scalar:
