@@ -180,6 +180,29 @@ def test_dt_zero_in_an_imm_is_one_cycle_of_the_chain():
     assert float(res.log_likelihoods[1]) == 0.0
 
 
+def test_dt_zero_in_a_rates_imm_equals_the_stacked_vector_update():
+    """With continuous-time regimes a dt = 0 step moves neither the chain (expm(Q 0) = I)
+    nor the state: two observations at one time filter as one stacked observation of the
+    step, in every regime and in the mode probabilities, to 1e-12."""
+    Q = np.array([[-0.2, 0.15, 0.05], [0.1, -0.3, 0.2], [0.05, 0.25, -0.3]])
+    dyn = (dj.OU(0.1, 0.3), dj.OU(0.02, 1.0), dj.OU(0.005, 5.0))
+    one = dj.IMMModel(dyn, dj.Observation.scalar(4.0), rates=Q, regime_names=dj.REGIME_NAMES)
+    two = dj.IMMModel(
+        dyn, dj.Observation([1.0, 1.0], 4.0 * np.eye(2)), rates=Q, regime_names=dj.REGIME_NAMES
+    )
+    z = np.array([1.5, -0.5, 7.0, 6.0, -2.0])
+    res = dj.filter(one, z, np.array([0.5, 0.8, 0.0, 0.7, 0.0]))
+    ref = dj.filter(two, np.array([[1.5, np.nan], [-0.5, 7.0], [6.0, -2.0]]), [0.5, 0.8, 0.7])
+    for k, r in ((0, 0), (2, 1), (4, 2)):
+        for a, b in (
+            (res.regime_probs[k], ref.regime_probs[r]),
+            (res.model_means[k], ref.model_means[r]),
+            (res.model_covs[k], ref.model_covs[r]),
+        ):
+            assert np.max(np.abs(np.asarray(a) - np.asarray(b))) < 1e-12, k
+    assert abs(float(res.log_likelihood - ref.log_likelihood)) < 1e-12
+
+
 def test_read_history_equal_timestamps(tmp_path):
     t = [0.0, 0.5, 0.5, 1.0, 1.5, 1.5, 1.5]
     df = pd.DataFrame({"time": t, "bim": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
