@@ -87,3 +87,19 @@ def sarimax_ou(zs, P0):
 
 
 __all__ = ["tree_allclose", "correlated_cov", "jnp", "ou_features", "sarimax_ou"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs and traces after each test module.
+
+    A test worker compiles hundreds of programs over the suite; kept for the whole run
+    they grow its memory until XLA's compiler failed (an abort and a segmentation fault in
+    `backend_compile_and_load`, seen with two workers on a 2-core, 24 GiB machine). Tests
+    that share a compiled function do so within a module.
+    """
+    yield
+    jax.clear_caches()
+    import gc
+
+    gc.collect()
