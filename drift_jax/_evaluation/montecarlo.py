@@ -23,7 +23,7 @@ from .._filters.filter import run_filter
 from .._filters.methods import DirectAdjoint, Sequential, method_name, resolve_method
 from .._models.model import AbstractDriftModel
 from .._simulation.sharding import padded_size, resolve_devices, shard_leading, unpad
-from .._simulation.simulate import Paths
+from .._simulation.simulate import Paths, path_source
 from . import event_metrics as em, metrics as mt
 
 _PATH_STATS = ("sq_sum", "count", "inside", "nees_sum", "valid", "loglik", "alarms", "quiet_h")
@@ -176,33 +176,6 @@ def _run_chunk(models: dict, paths: Paths, dt, num_regimes: int, threshold: floa
     }
 
 
-def _source(paths, key, n_paths):
-    """``(sample(start, count) -> Paths, total, first chunk for shapes)``."""
-    if isinstance(paths, Paths):
-        if n_paths is not None and n_paths != paths.num_paths:
-            raise ValueError(
-                f"`n_paths`={n_paths} disagrees with the {paths.num_paths} paths given; "
-                "leave it None for in-memory paths."
-            )
-        return (lambda s, c: paths[s : s + c]), paths.num_paths
-    if hasattr(paths, "sample"):  # dj.PathSimulator, dj.scenarios.ScenarioSimulator
-        if key is None or n_paths is None:
-            raise ValueError(
-                "with a simulator as `paths` (dj.simulator / dj.scenarios.simulator), pass "
-                "`key` and `n_paths` (paths are generated chunk by chunk)."
-            )
-        n_paths = v.positive_int("n_paths", n_paths)
-        return (lambda s, c: paths.sample(key, s, c, devices=1)), n_paths
-    if callable(paths):
-        if n_paths is None:
-            raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
-        return paths, v.positive_int("n_paths", n_paths)
-    raise v.ArgumentTypeError(
-        "`paths` must be dj.Paths, a simulator (with `key`, `n_paths`) or a callable "
-        f"(start, count) -> dj.Paths; got {type(paths).__name__}."
-    )
-
-
 def _step_lengths(chunk: Paths):
     """A scalar dt when every step of every path has the same length (faster filters)."""
     d = np.asarray(chunk.dt)
@@ -261,7 +234,7 @@ def monte_carlo(
     """
     import pandas as pd
 
-    sample, total = _source(paths, key, n_paths)
+    sample, total = path_source(paths, key, n_paths)
     chunk_size = v.positive_int("chunk_size", chunk_size)
     threshold = v.probability("threshold", threshold)
     devs = resolve_devices(devices)

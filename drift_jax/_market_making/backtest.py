@@ -24,7 +24,7 @@ from .._core import validate as v
 from .._filters.methods import DirectAdjoint, Sequential, method_name, resolve_method
 from .._models.model import AbstractDriftModel
 from .._simulation.sharding import padded_size, resolve_devices, shard_leading, unpad
-from .._simulation.simulate import Paths
+from .._simulation.simulate import Paths, path_source
 from .loop import fill_uniforms, run_path
 from .report import MarketMakingReport, summarise
 from .signals import as_quoters, signals
@@ -84,9 +84,7 @@ def _shared(paths: Paths, horizons):
             flag = act & (flag | cri)
             return flag, flag
 
-        _, with_crisis = jax.lax.scan(
-            seen, jnp.zeros(active.shape[:1], bool), (active.T, now.T)
-        )
+        _, with_crisis = jax.lax.scan(seen, jnp.zeros(active.shape[:1], bool), (active.T, now.T))
         ends = active & ~after & with_crisis.T
     else:
         now = ends = jnp.zeros(paths.regimes.shape, bool)
@@ -188,34 +186,6 @@ def _run_chunk(quoters, flows, paths, dt, ids, fill_key, horizons, penalty, n_tr
     return common, {name: out[name] for name in quoters}
 
 
-def paths_source(paths, key, n_paths):
-    """``(sample(start, count) -> Paths, total)`` for in-memory paths, a simulator (drawn
-    with ``key``) or a callable."""
-    if isinstance(paths, Paths):
-        if n_paths is not None and n_paths != paths.num_paths:
-            raise ValueError(
-                f"`n_paths`={n_paths} disagrees with the {paths.num_paths} paths given; "
-                "leave it None for in-memory paths."
-            )
-        return (lambda s, c: paths[s : s + c]), paths.num_paths
-    if hasattr(paths, "sample"):  # dj.PathSimulator, dj.scenarios.ScenarioSimulator
-        if n_paths is None:
-            raise ValueError(
-                "with a simulator as `paths` (dj.simulator / dj.scenarios.simulator), pass "
-                "`n_paths` (paths are generated chunk by chunk)."
-            )
-        n_paths = v.positive_int("n_paths", n_paths)
-        return (lambda s, c: paths.sample(key, s, c, devices=1)), n_paths
-    if callable(paths):
-        if n_paths is None:
-            raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
-        return paths, v.positive_int("n_paths", n_paths)
-    raise v.ArgumentTypeError(
-        "`paths` must be dj.Paths, a simulator (with `n_paths`) or a callable "
-        f"(start, count) -> dj.Paths; got {type(paths).__name__}."
-    )
-
-
 def _flows(quoters, fills) -> dict:
     if fills is not None:
         v.instance("fills", fills, FillModel, "None or a dj.market_making.FillModel")
@@ -311,7 +281,7 @@ def backtest(
 
     key = v.prng_key("key", key)
     path_key, fill_key = jax.random.split(key)
-    sample, total = paths_source(paths, path_key, n_paths)
+    sample, total = path_source(paths, path_key, n_paths)
     chunk_size = v.positive_int("chunk_size", chunk_size)
     traces = v.nonnegative_int("traces", traces)
     penalty = v.nonnegative_float("inventory_penalty", inventory_penalty)

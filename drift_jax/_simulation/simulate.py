@@ -447,3 +447,33 @@ def empirical_transition_counts(regimes: Int[Array, "B T"], num_regimes: int) ->
     r = np.asarray(regimes)
     flat = r[:, :-1].ravel() * num_regimes + r[:, 1:].ravel()
     return np.bincount(flat, minlength=num_regimes**2).reshape(num_regimes, num_regimes)
+
+
+def path_source(paths, key, n_paths):
+    """``(sample(start, count) -> Paths, total)`` from in-memory ``dj.Paths``, a simulator
+    (with ``key`` and ``n_paths``) or a callable ``(start, count) -> Paths``: how
+    ``dj.monte_carlo`` and the market-making backtest stream their paths."""
+    if isinstance(paths, Paths):
+        if n_paths is not None and n_paths != paths.num_paths:
+            raise ValueError(
+                f"`n_paths`={n_paths} disagrees with the {paths.num_paths} paths given; "
+                "leave it None for in-memory paths."
+            )
+        return (lambda s, c: paths[s : s + c]), paths.num_paths
+    if hasattr(paths, "sample"):  # dj.PathSimulator, dj.scenarios.ScenarioSimulator
+        missing = [f"`{n}`" for n, x in (("key", key), ("n_paths", n_paths)) if x is None]
+        if missing:
+            raise ValueError(
+                "with a simulator as `paths` (dj.simulator / dj.scenarios.simulator), pass "
+                f"{' and '.join(missing)} (paths are generated chunk by chunk)."
+            )
+        n_paths = v.positive_int("n_paths", n_paths)
+        return (lambda s, c: paths.sample(key, s, c, devices=1)), n_paths
+    if callable(paths):
+        if n_paths is None:
+            raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
+        return paths, v.positive_int("n_paths", n_paths)
+    raise v.ArgumentTypeError(
+        "`paths` must be dj.Paths, a simulator (with `key`, `n_paths`) or a callable "
+        f"(start, count) -> dj.Paths; got {type(paths).__name__}."
+    )
