@@ -73,9 +73,7 @@ def filter(
     # Concrete inputs are checked here, eagerly, so bad data raises a ValueError naming
     # the argument; the compiled filter below then sees arrays of fixed shape and dtype
     # and is compiled once per shape (not retraced on every call).
-    zs = prepare_observations(
-        zs, model.num_features, model.dtype, model.observation.feature_names
-    )
+    zs = prepare_observations(zs, model.num_features, model.dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], model.dtype)
     if method is None:
         # Picked by length. Forward mode (jax.jvp) needs the sequential filter, and under

@@ -632,9 +632,7 @@ def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None):
     def step(p, carry, x):
         e = {**p, **x}
         F, Q, z, H_, R_ = e["F"], e["Q"], e["z"], e["H"], e["R"]
-        carry, (ll, log_cbar) = imm_step(
-            carry, F, Q, z, H_, R_, e["Pi"], update, e.get("robust")
-        )
+        carry, (ll, log_cbar) = imm_step(carry, F, Q, z, H_, R_, e["Pi"], update, e.get("robust"))
         log_probs, means, covs = carry
         mean, cov = combine([jnp.exp(lp) for lp in log_probs], means, covs)
         probs = jnp.exp(jnp.stack(log_probs))

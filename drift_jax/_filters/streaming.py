@@ -218,9 +218,7 @@ class _Estimator(eqx.Module):
         self.log_likelihood = jnp.asarray(log_likelihood, dtype=model.dtype)
         self.num_updates = jnp.asarray(num_updates, dtype=jnp.int32)
         # a host float (float64 whatever JAX's precision: epoch seconds need it); NaN = none
-        self.last_time = (
-            math.nan if last_time is None else v.finite_float("last_time", last_time)
-        )
+        self.last_time = math.nan if last_time is None else v.finite_float("last_time", last_time)
 
     @classmethod
     def from_result(cls, model, result, *, last_time=None):

@@ -252,6 +252,7 @@ def _run_chunk(
 
     else:
         over_all = jax.vmap(over_starts, in_axes=(0,) * 10 + (p_axis, axes, None))
+
     def body(s: _FitState, _):
         on = s.step < steps
         if stored:
@@ -260,9 +261,7 @@ def _run_chunk(
             # in before the first step.
             loss, grad = _stored_value_and_grad(s.opt_state)
         else:
-            loss, grad = _all_values_and_grads(
-                s.raw, params, data, weights, prior, method, p_axis
-            )
+            loss, grad = _all_values_and_grads(s.raw, params, data, weights, prior, method, p_axis)
         carry, losses = over_all(
             s.raw,
             s.opt_state,

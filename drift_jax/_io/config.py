@@ -386,9 +386,9 @@ class _Reader:
         if dtype == np.float64 and not _x64_enabled():
             warnings.warn(
                 DataWarning(
-                    f"{self.source}: dtype = \"float64\" but JAX's x64 mode is off, so the "
+                    f'{self.source}: dtype = "float64" but JAX\'s x64 mode is off, so the '
                     "model loads as float32 (every parameter rounded to float32, and the "
-                    "filter runs in float32). Call jax.config.update(\"jax_enable_x64\", "
+                    'filter runs in float32). Call jax.config.update("jax_enable_x64", '
                     "True) before loading to keep float64."
                 ),
                 stacklevel=3,
@@ -564,7 +564,7 @@ class _Reader:
                             f" The file's dtype is {dtype.name}: cov_cholesky rounded to "
                             f"{dtype.name} no longer gives cov, which matches the float64 "
                             "factor (was the dtype edited from float64?). Set dtype back to "
-                            "\"float64\", or remove `cov` (the factor is what the model "
+                            '"float64", or remove `cov` (the factor is what the model '
                             "holds), or save the model again in the new dtype."
                         )
                     else:
