@@ -112,6 +112,54 @@ def big_run(n_paths: int, T: int, chunk: int) -> dict:
     }
 
 
+def process_run(dtype_name: str, B: int, T: int) -> None:
+    """In each process of a ``python -m drift_jax.launch -n P`` run: ``dj.monte_carlo`` over
+    a simulator (the second call; the first compiles); process 0 prints the row."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(HERE))
+    import _mc_kernels as k
+
+    import drift_jax as dj
+
+    dtype = {"float32": jnp.float32, "float64": jnp.float64}[dtype_name]
+    model = k.models(dtype)["scalar IMM (m=1)"]
+    sim = k.simulator(model, T)
+    args = ({"imm": model}, sim)
+    kwargs = {"key": jax.random.key(0), "n_paths": B, "chunk_size": 1024, "progress": False}
+    dj.monte_carlo(*args, **kwargs)
+    t0 = time.perf_counter()
+    rep = dj.monte_carlo(*args, **kwargs)
+    seconds = time.perf_counter() - t0
+    if dj.distributed.is_main_process():
+        row = {
+            "processes": dj.distributed.process_count(),
+            "dtype": dtype_name,
+            "seconds": seconds,
+            "rate": B * T / seconds,
+            "rmse": float(rep.table.loc["imm", "rmse"]),
+            "nees": float(rep.table.loc["imm", "nees"]),
+        }
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def process_rows(B: int, T: int) -> list[dict]:
+    """1 vs 2 local processes (``python -m drift_jax.launch``) on the same cores."""
+    rows = []
+    for dtype in ("float32", "float64"):
+        for n in (1, 2):
+            cmd = [sys.executable, "-m", "drift_jax.launch", "-n", str(n), "--timeout", "900"]
+            cmd += [__file__, "--process-worker", dtype, "--B", str(B), "--T", str(T)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            line = next(x for x in out.splitlines() if "ROW " in x)
+            rows.append(json.loads(line.split("ROW ", 1)[1]))
+            print(f"done: {n} process(es), {dtype}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--B", type=int, default=8192, help="paths")
@@ -119,8 +167,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="B=256, T=200; no RESULTS.md")
     ap.add_argument("--worker", nargs=2, metavar=("DEVICES", "DTYPE"), help=argparse.SUPPRESS)
     ap.add_argument("--big", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--process-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     B, T = (256, 200) if args.quick else (args.B, args.T)
+    if args.process_worker:
+        process_run(args.process_worker, B, T)
+        return
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], B, T)))
         return
@@ -146,6 +198,8 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         bigs.append(json.loads(out.splitlines()[-1]))
         print(f"done: bounded-memory run, {n} paths", flush=True)
+    procs = process_rows(B, T)
+    one_process = {r["dtype"]: r["rate"] for r in procs if r["processes"] == 1}
     base = {(r["model"], r["dtype"]): r["sim_filter"] for r in rows if r["devices"] == 1}
     table = markdown_table(
         [
@@ -198,6 +252,29 @@ def main() -> None:
                     f"{b['rmse']:.3f}",
                 ]
                 for b in bigs
+            ],
+        )
+        + "\n\n"
+        "Several processes (`python -m drift_jax.launch -n P`: P local CPU processes of one "
+        "`jax.distributed` run, gloo collectives on localhost, each with one XLA device, "
+        f"on the same 2 cores): `dj.monte_carlo` over B = {B} simulated paths x T = {T} "
+        "steps, scalar IMM, chunks of 1,024 paths, second call. Each process computes its "
+        "block of every chunk and the per-path statistics are gathered to all processes; "
+        "the same cores do the work either way, so this measures the overhead, not a "
+        "speed-up. The numbers are the same bit for bit (RMSE and NEES columns).\n\n"
+        + markdown_table(
+            ["dtype", "processes", "seconds", "path-steps/s", "vs 1 process", "RMSE", "NEES"],
+            [
+                [
+                    r["dtype"],
+                    r["processes"],
+                    f"{r['seconds']:.2f}",
+                    f"{r['rate']:.3g}",
+                    f"{r['rate'] / one_process[r['dtype']]:.2f}x",
+                    repr(r["rmse"]),
+                    repr(r["nees"]),
+                ]
+                for r in procs
             ],
         )
         + "\n\n"

@@ -4,7 +4,12 @@ See README.md and docs/design.md. Public names are re-exported here; implementat
 private modules.
 """
 
-from . import market_making as market_making, metrics as metrics, scenarios as scenarios
+from . import (
+    distributed as distributed,
+    market_making as market_making,
+    metrics as metrics,
+    scenarios as scenarios,
+)
 from ._core.inputs import check_finite as check_finite
 from ._core.validate import DataWarning as DataWarning
 from ._evaluation.montecarlo import (

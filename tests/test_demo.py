@@ -204,7 +204,7 @@ def test_readme_imm_example_runs(tmp_path, monkeypatch, capsys):
     """Every python block of the README runs, in order (the IMM block saves a file)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for k, block in enumerate(blocks):
@@ -218,3 +218,7 @@ def test_readme_imm_example_runs(tmp_path, monkeypatch, capsys):
     assert exact.regime_probs.shape == (8, 3)
     assert float(est.regime_probabilities()[2]) > 0.3 and bool(est.is_crisis())
     assert (tmp_path / "imm_state.eqx").stat().st_size > 0
+    # "Scaling out": one process outside a cluster; the report saved by process 0.
+    assert namespace["report"].info["processes"] == 1
+    assert namespace["report"].info["n_paths"] == 64
+    assert (tmp_path / "results" / "cascades.csv").stat().st_size > 0

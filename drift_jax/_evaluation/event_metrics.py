@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._core.ordered_sum import ordered_sum
 from .._core.types import Array, Bool, Float, Int, ScalarLike
 from .metrics import (
     AxisLike,
@@ -353,7 +354,7 @@ def false_alarm_rate(
         (2, 1.5)
     """
     rising, _, quiet_dt = _quiet_alarms(p_crisis, regimes, dt, quiet_index, threshold)
-    return jnp.sum(rising, axis=-1), jnp.sum(quiet_dt, axis=-1) / SECONDS_PER_HOUR
+    return jnp.sum(rising, axis=-1), ordered_sum(quiet_dt, axis=-1) / SECONDS_PER_HOUR
 
 
 def _ratio(num: Array, den: Array) -> Array:

@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Real
 
 from .._core import linalg as la, validate as v
+from .._core.ordered_sum import ordered_sum
 from .._core.types import Array, ArrayLike, Bool, Float, Int, ScalarLike
 
 PathLike = Real[ArrayLike, "..."] | list | tuple
@@ -165,7 +166,8 @@ def squared_error_sums(
     labels = jnp.arange(num_regimes).reshape((1,) * reg.ndim + (num_regimes,))
     onehot = (reg[..., None] == labels) & ok[..., None]
     sq = jnp.where(ok, err * err, 0)
-    sums = jnp.sum(jnp.where(onehot, sq[..., None], 0), axis=-2)
+    # A fixed order of additions: a path's sums do not depend on the batch around it.
+    sums = ordered_sum(jnp.where(onehot, sq[..., None], 0), axis=-2)
     counts = jnp.sum(onehot, axis=-2)
     return sums, counts
 

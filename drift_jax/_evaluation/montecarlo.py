@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core import validate as v
+from .._core import multihost, validate as v
 from .._core.inputs import prepare_dt, prepare_observations
+from .._core.ordered_sum import ordered_sum
 from .._filters.filter import run_filter
 from .._filters.methods import DirectAdjoint, Sequential, method_name, resolve_method
 from .._models.model import AbstractDriftModel
@@ -63,8 +64,14 @@ class MonteCarloReport:
         return "\n".join(lines)
 
     def save(self, path) -> None:
-        """Write ``<path>.csv`` (the table), ``<path>.md`` and ``<path>.npz`` (latencies)."""
+        """Write ``<path>.csv`` (the table), ``<path>.md`` and ``<path>.npz`` (latencies).
+
+        In a run of several processes only process 0 writes (every process holds the same
+        report)."""
         from pathlib import Path
+
+        if not multihost.is_main_process():
+            return
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +145,8 @@ def _path_statistics(model, idx, method, paths: Paths, dt, num_regimes, threshol
     err2 = (est - truth) ** 2
     valid = jnp.isfinite(est) & (var > 0)
     inside = jnp.sum(valid & (err2 <= 4.0 * var), axis=-1)
-    nees_sum = jnp.sum(jnp.where(valid, err2 / jnp.where(valid, var, 1), 0), axis=-1)
+    # ordered_sum: a path's sums do not depend on the chunk, device or process count.
+    nees_sum = ordered_sum(jnp.where(valid, err2 / jnp.where(valid, var, 1), 0), axis=-1)
     stats = {
         "sq_sum": sq_sum,
         "count": count,
@@ -239,8 +247,10 @@ def monte_carlo(
     threshold = v.probability("threshold", threshold)
     devs = resolve_devices(devices)
     starts = list(range(0, total, chunk_size))
-    padded = padded_size(min(chunk_size, total), len(devs))
+    # With several processes each computes its block of every chunk (_core/multihost.py).
+    padded = padded_size(multihost.share(0, min(chunk_size, total)).block, len(devs))
     show = len(starts) > 4 if progress is None else bool(progress)
+    show = show and multihost.is_main_process()
     bar = None
     if show:
         from tqdm.auto import tqdm
@@ -252,16 +262,17 @@ def monte_carlo(
     t0 = time.perf_counter()
     first = None
     for lo in starts:
-        chunk = sample(lo, min(chunk_size, total - lo))
+        sh = multihost.share(lo, min(chunk_size, total - lo))
+        chunk = sample(sh.first, sh.size)
         if first is None:
             first = chunk
             models = _check_estimators(estimators, chunk.num_features, method)
         num_regimes = len(chunk.regime_names)
         dt = _step_lengths(chunk)
         # Every chunk is padded to the same size, so the compiled function is reused.
-        (sharded, dt_sharded), count = shard_leading((chunk, dt), devs, size=padded)
+        (sharded, dt_sharded), _ = shard_leading((chunk, dt), devs, size=padded)
         out = _run_chunk(models, sharded, dt_sharded, num_regimes, float(threshold))
-        out = jax.device_get(unpad(out, count))
+        out = multihost.gather(jax.device_get(unpad(out, sh.block)), sh, "dj.monte_carlo")
         for name, (st, ev) in out.items():
             for k, x in st.items():
                 stats.setdefault(name, {}).setdefault(k, []).append(np.asarray(x))
@@ -269,7 +280,7 @@ def monte_carlo(
                 x = np.asarray(x)
                 events.setdefault(name, {}).setdefault(k, []).append(x[~np.isnan(x)])
         if bar is not None:
-            bar.update(chunk.num_paths)
+            bar.update(sum(sh.counts))
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -286,7 +297,8 @@ def monte_carlo(
         "n_paths": total,
         "n_steps": steps,
         "path_steps": total * steps,
-        "devices": len(devs),
+        "devices": len(devs) * multihost.process_count(),
+        "processes": multihost.process_count(),
         "chunk_size": chunk_size,
         "seconds": round(seconds, 3),
         "path_steps_per_s": total * steps * len(models) / seconds,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._core import validate as v
+from .._core import multihost, validate as v
 from .._core.inputs import check_no_inf, prepare_dt, prepare_observations
 from .._core.types import Array, Bool, Float, Int
 from .._filters.methods import resolve_method
@@ -512,7 +512,10 @@ def _stage(
     from tqdm.auto import tqdm
 
     extra = isinstance(setup.optimizer, optax.GradientTransformationExtraArgs)
-    with tqdm(total=steps, initial=step, disable=not setup.progress, desc=label) as bar:
+    # In a run of several processes only process 0 draws the bar and writes checkpoints.
+    main = multihost.is_main_process()
+    show = setup.progress and main
+    with tqdm(total=steps, initial=step, disable=not show, desc=label) as bar:
         while step < steps and not bool(jnp.all(state.done)):
             if extra:
                 state = _fill_stored(state, args, p_axis)
@@ -523,7 +526,7 @@ def _stage(
             bar.update(new_step - step)
             bar.set_postfix(loss=f"{float(np.nanmin(np.asarray(state.last_loss))):.6g}")
             step = new_step
-            if path is not None:
+            if path is not None and main:
                 _save(path, ident, state, history, step)
 
     finals, _, gnorms = _evaluate(
@@ -904,7 +907,46 @@ def fit_batch(model, zs, dt, *, returns=None, risk=None, **kwargs) -> FitResult:
             f"options {sorted(_FIT_OPTIONS)}."
         )
     options = {name: _FIT_DEFAULTS[name] for name in _FIT_OPTIONS} | kwargs
+    if multihost.process_count() > 1:
+        return _fit_batch_in_processes(model, zs, dt, returns, risk, options)
     return _drive(model, zs, dt, batched=True, returns=returns, risk=risk, **options)
+
+
+def _fit_batch_in_processes(model, zs, dt, returns, risk, options) -> FitResult:
+    """``dj.fit_batch`` in a ``jax.distributed`` run: each process fits its block of the
+    instruments (``_core/multihost.py``) and every process returns all of them.
+
+    An instrument's fit does not depend on the others in its batch (finished instruments
+    are frozen while the others go on), so the result does not depend on the number of
+    processes.
+    """
+    if options["checkpoint"] is not None:
+        raise ValueError(
+            f"`checkpoint` is not supported by dj.fit_batch in a run of "
+            f"{multihost.process_count()} processes (each fits only its block of the "
+            f"instruments); pass checkpoint=None, or checkpoint the fit of each block; got "
+            f"checkpoint={options['checkpoint']!r}."
+        )
+    _check_model(model)
+    data = _prepare_data(model, zs, dt, returns, True)
+    sh = multihost.share(0, data.zs.shape[0])
+    rows = np.arange(sh.first, sh.first + sh.size)
+    # Pad the block with its last instrument (thrown away after the gather): every process
+    # then exchanges arrays of one shape. At least 2 rows: XLA compiles a batch of one as
+    # other code, whose last bits differ (see _simulation/sharding.py: padded_size).
+    rows = np.concatenate([rows, np.full(max(sh.block, 2) - sh.size, rows[-1])])
+    mine = _drive(
+        model,
+        data.zs[rows],
+        data.dt[rows] if data.dt_batched else data.dt,
+        batched=True,
+        returns=None if data.returns is None else data.returns[rows],
+        risk=risk,
+        **(options | {"progress": bool(options["progress"]) and multihost.is_main_process()}),
+    )
+    mine = jax.tree.map(lambda x: x[: sh.block], jax.device_get(mine))
+    whole = multihost.gather(mine, sh, "dj.fit_batch")
+    return jax.tree.map(jnp.asarray, whole)
 
 
 _FIT_DEFAULTS = {

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core import validate as v
+from .._core import multihost, validate as v
+from .._core.ordered_sum import ordered_sum
 from .._filters.methods import DirectAdjoint, Sequential, method_name, resolve_method
 from .._models.model import AbstractDriftModel
 from .._simulation.sharding import padded_size, resolve_devices, shard_leading, unpad
@@ -94,8 +95,8 @@ def _shared(paths: Paths, horizons):
         "moves": moves,
         "valid": valid,
         "crisis_end": ends,
-        "duration": jnp.sum(paths.dt, axis=1),
-        "regime_time": jnp.sum(jnp.where(onehot, paths.dt[..., None], 0.0), axis=1),
+        "duration": ordered_sum(paths.dt, axis=1),
+        "regime_time": ordered_sum(jnp.where(onehot, paths.dt[..., None], 0.0), axis=1),
     }
 
 
@@ -107,27 +108,29 @@ def _statistics(steps: dict, paths: Paths, shared: dict, limit: int, penalty):
     spread = steps["spread"]
     step_pnl = spread + q * r
     peak = jnp.maximum(jax.lax.cummax(pnl, axis=1), 0.0)
-    sq_time = jnp.sum(q * q * dt, axis=1)
+    sq_time = ordered_sum(q * q * dt, axis=1)
     side = (fb - fa)[:, None, :]
     both = (fb + fa)[:, None, :]
     valid = shared["valid"]
     stats = {
         "pnl": pnl[:, -1],
-        "spread_pnl": jnp.sum(spread, axis=1),
-        "inventory_pnl": jnp.sum(q * r, axis=1),
-        "drift_pnl": jnp.sum(q * paths.drift * dt, axis=1),
+        "spread_pnl": ordered_sum(spread, axis=1),
+        "inventory_pnl": ordered_sum(q * r, axis=1),
+        "drift_pnl": ordered_sum(q * paths.drift * dt, axis=1),
         "fills_bid": jnp.sum(fb, axis=1),
         "fills_ask": jnp.sum(fa, axis=1),
         "final_q": q[:, -1],
         "max_abs_q": jnp.max(jnp.abs(q), axis=1),
-        "limit_time": jnp.sum(jnp.where(jnp.abs(q) >= limit, dt, 0.0), axis=1),
+        "limit_time": ordered_sum(jnp.where(jnp.abs(q) >= limit, dt, 0.0), axis=1),
         "q_sq_time": sq_time,
         "score": pnl[:, -1] - penalty * sq_time,
         "max_drawdown": jnp.max(peak - pnl, axis=1),
-        "pnl_by_regime": jnp.sum(jnp.where(onehot, step_pnl[..., None], 0.0), axis=1),
-        "q_by_regime": jnp.sum(jnp.where(onehot, (q * dt)[..., None], 0.0), axis=1),
-        "abs_q_by_regime": jnp.sum(jnp.where(onehot, (jnp.abs(q) * dt)[..., None], 0.0), axis=1),
-        "markout_sum": jnp.sum(jnp.where(valid, side * shared["moves"], 0.0), axis=2),
+        "pnl_by_regime": ordered_sum(jnp.where(onehot, step_pnl[..., None], 0.0), axis=1),
+        "q_by_regime": ordered_sum(jnp.where(onehot, (q * dt)[..., None], 0.0), axis=1),
+        "abs_q_by_regime": ordered_sum(
+            jnp.where(onehot, (jnp.abs(q) * dt)[..., None], 0.0), axis=1
+        ),
+        "markout_sum": ordered_sum(jnp.where(valid, side * shared["moves"], 0.0), axis=2),
         "markout_count": jnp.sum(jnp.where(valid, both, 0.0), axis=2),
     }
     # Inventory against the true drift (long in a fall, short in a rise), at its worst in
@@ -288,8 +291,12 @@ def backtest(
     horizons = _horizons(markout_horizons)
     devs = resolve_devices(devices)
     starts = list(range(0, total, chunk_size))
-    padded = padded_size(min(chunk_size, total), len(devs))
+    # With several processes each computes its block of every chunk (_core/multihost.py).
+    block = multihost.share(0, min(chunk_size, total)).block
+    padded = padded_size(block, len(devs))
+    n_trace = min(traces, block)  # one static value: every chunk reuses one compilation
     show = len(starts) > 4 if progress is None else v.boolean("progress", progress)
+    show = show and multihost.is_main_process()
     bar = None
     if show:
         from tqdm.auto import tqdm
@@ -304,7 +311,8 @@ def backtest(
     t0 = time.perf_counter()
     for lo in starts:
         count = min(chunk_size, total - lo)
-        chunk = sample(lo, count)
+        sh = multihost.share(lo, count)
+        chunk = sample(sh.first, sh.size)
         if first is None:
             first = chunk
             quoters = as_quoters(estimators, strategy, chunk.num_features)
@@ -315,24 +323,36 @@ def backtest(
                     except ValueError as err:
                         raise type(err)(f"`estimators[{name!r}]`: {err}") from None
             flows = _flows(quoters, fills)
-        ids = jnp.arange(lo, lo + count, dtype=jnp.uint32)
-        (sharded, dt, ids), n = shard_leading((chunk, step_lengths(chunk), ids), devs, size=padded)
+        ids = jnp.arange(sh.first, sh.first + sh.size, dtype=jnp.uint32)
+        (sharded, dt, ids), _ = shard_leading((chunk, step_lengths(chunk), ids), devs, size=padded)
         pen = jnp.asarray(penalty, chunk.drift.dtype)
         shared, out = _run_chunk(
-            quoters, flows, sharded, dt, ids, fill_key, horizons, pen, min(traces, n), method
+            quoters, flows, sharded, dt, ids, fill_key, horizons, pen, n_trace, method
         )
-        shared, out = jax.device_get(unpad((shared, out), n))
+        tr = {name: trace for name, (_, _, trace) in out.items()}
+        stats = {name: (st, ev) for name, (st, ev, _) in out.items()}
+        stats, shared = jax.device_get(unpad((stats, shared), sh.block))
+        stats, shared = multihost.gather((stats, shared), sh, "the market-making backtest")
         for k, x in shared.items():
             common.setdefault(k, []).append(np.asarray(x))
-        for name, (st, ev, _) in out.items():
+        for name, (st, ev) in stats.items():
             for k, x in st.items():
                 per_path.setdefault(name, {}).setdefault(k, []).append(np.asarray(x))
             for k, x in ev.items():
                 x = np.asarray(x)
                 events.setdefault(name, {}).setdefault(k, []).append(x[~np.isnan(x)])
         if trace_out is None:
-            trace_out = {name: tr for name, (_, _, tr) in out.items()}
-            trace_out["paths"] = jax.device_get(chunk[: min(traces, count)]) if traces else None
+            # The first `traces` paths of the run: the first rows of process 0's block, then
+            # of the next processes' blocks when a block holds fewer.
+            tr = jax.device_get(tr)
+            if traces:
+                tr["paths"] = jax.device_get(sharded[:n_trace])
+                what = "the market-making backtest (traces)"
+                tr = multihost.gather_prefix(tr, sh, n_trace, what)
+                tr = jax.tree.map(lambda x: x[:traces], tr)
+            else:
+                tr["paths"] = None
+            trace_out = tr
         if bar is not None:
             bar.update(count)
     seconds = time.perf_counter() - t0
@@ -360,7 +380,8 @@ def backtest(
         "n_paths": total,
         "n_steps": steps,
         "hours_per_path": float(common["duration"].mean() / 3600.0),
-        "devices": len(devs),
+        "devices": len(devs) * multihost.process_count(),
+        "processes": multihost.process_count(),
         "chunk_size": chunk_size,
         "seconds": round(seconds, 3),
         "dtype": str(first.drift.dtype),

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._core import validate as v
+from .._core import multihost, validate as v
 from .._core.types import Array, Float, Int
 from .._filters.methods import SEQUENTIAL
 from .._fitting.params import constrain, trainable_mask, unconstrain
@@ -321,7 +321,7 @@ def tune(
     calls = -(-steps // steps_per_call)
     show = calls > 4 if progress is None else v.boolean("progress", progress)
     bar = None
-    if show:
+    if show and multihost.is_main_process():  # one bar in a run of several processes
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, unit="step", desc="tune")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core import multihost
+
 #: Columns of the markdown summary (the csv has every column).
 SUMMARY_COLUMNS = (
     "pnl_mean",
@@ -180,9 +182,12 @@ class MarketMakingReport:
         """Write ``<path>.csv`` (the whole table), ``<path>.md`` (run facts, the summary
         columns, then the whole table) and ``<path>.npz`` (per-path statistics as
         ``<estimator>/<statistic>``, events, and ``common/duration``); ``statistics``
-        names the per-path statistics to store (default: all)."""
+        names the per-path statistics to store (default: all). In a run of several
+        processes only process 0 writes (every process holds the same report)."""
         from pathlib import Path
 
+        if not multihost.is_main_process():
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(path.with_suffix(".csv"))
@@ -238,7 +243,7 @@ class MarketMakingReport:
         ax_end.set_ylabel("inventory (lots)")
         ax_end.set_title("Inventory at the end of each crisis episode", fontsize=10)
         fig.tight_layout()
-        if path is not None:
+        if path is not None and multihost.is_main_process():
             fig.savefig(path, dpi=110)
         return fig
 

@@ -15,19 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._core import validate as v
+from .._core import multihost, validate as v
 
 
 def resolve_devices(devices) -> list:
-    """``None`` -> every device of the default backend; an int -> that many; else a list."""
-    all_devices = jax.devices()
+    """``None`` -> every device of the default backend that this process drives; an int ->
+    that many; else a list. (In a ``jax.distributed`` run each process computes its share
+    of the paths on its own devices: ``_core/multihost.py``.)"""
+    all_devices = jax.local_devices()
     if devices is None:
         return list(all_devices)
     if isinstance(devices, int) and not isinstance(devices, bool):
         if not 1 <= devices <= len(all_devices):
             raise ValueError(
                 f"`devices` must be between 1 and the {len(all_devices)} available "
-                f"device(s), got devices={devices}."
+                f"device(s) of this process, got devices={devices}."
             )
         return list(all_devices[:devices])
     devices = list(devices)
@@ -37,7 +39,11 @@ def resolve_devices(devices) -> list:
 
 
 def padded_size(count: int, num_devices: int) -> int:
-    return -(-count // num_devices) * num_devices
+    """The next multiple of ``num_devices``, and at least 2 paths per device: XLA compiles
+    a batch of one path as other code (the batch axis dropped) whose transcendental
+    functions differ in the last bits, so a path alone would not match the same path in
+    a batch of several."""
+    return max(-(-count // num_devices), 2) * num_devices
 
 
 def shard_leading(tree, devices: list, size: int | None = None):
@@ -74,7 +80,8 @@ def sample_in_chunks(sample, start, count, chunk_size, devices) -> list:
 
     ``sample`` maps a sharded ``[k]`` uint32 array of path indices to a pytree with a
     leading path axis; every path depends only on its index, so the chunk size and the
-    device count do not change the numbers.
+    device count do not change the numbers. In a run of several processes each computes
+    its block of every chunk and all of them receive the whole chunk.
     """
     count = v.positive_int("n_paths", count)
     start = v.nonnegative_int("start", start)
@@ -82,7 +89,16 @@ def sample_in_chunks(sample, start, count, chunk_size, devices) -> list:
     devs = resolve_devices(devices)
     parts = []
     for lo in range(0, count, chunk):
-        idx = jnp.arange(start + lo, start + min(lo + chunk, count), dtype=jnp.uint32)
-        sharded, n = shard_leading(idx, devs)
-        parts.append(unpad(sample(sharded), n))
+        n_chunk = min(chunk, count - lo)
+        if multihost.process_count() == 1:
+            idx = jnp.arange(start + lo, start + lo + n_chunk, dtype=jnp.uint32)
+            sharded, n = shard_leading(idx, devs)
+            parts.append(unpad(sample(sharded), n))
+            continue
+        sh = multihost.share(start + lo, n_chunk)
+        idx = jnp.arange(sh.first, sh.first + sh.size, dtype=jnp.uint32)
+        sharded, _ = shard_leading(idx, devs, size=sh.block)
+        mine = jax.device_get(unpad(sample(sharded), sh.block))
+        whole = multihost.gather(mine, sh, "sampling paths")
+        parts.append(jax.tree.map(jnp.asarray, whole))
     return parts

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core import validate as v
+from .._core import multihost, validate as v
 from .._core.types import Array, Float, Int
 from .._models.model import AbstractDriftModel, check_model
 from .sharding import sample_in_chunks
@@ -468,11 +468,22 @@ def path_source(paths, key, n_paths):
                 f"{' and '.join(missing)} (paths are generated chunk by chunk)."
             )
         n_paths = v.positive_int("n_paths", n_paths)
-        return (lambda s, c: paths.sample(key, s, c, devices=1)), n_paths
+
+        def sample(start, count):
+            # The caller asks for its own block (_core/multihost.py): sample it here.
+            with multihost.process_local():
+                return paths.sample(key, start, count, devices=1)
+
+        return sample, n_paths
     if callable(paths):
         if n_paths is None:
             raise ValueError("with a callable `paths(start, count)`, pass `n_paths`.")
-        return paths, v.positive_int("n_paths", n_paths)
+
+        def call(start, count):
+            with multihost.process_local():  # e.g. a dj.simulate inside: this block only
+                return paths(start, count)
+
+        return call, v.positive_int("n_paths", n_paths)
     raise v.ArgumentTypeError(
         "`paths` must be dj.Paths, a simulator (with `key`, `n_paths`) or a callable "
         f"(start, count) -> dj.Paths; got {type(paths).__name__}."
