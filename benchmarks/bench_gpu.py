@@ -13,6 +13,8 @@ Measured:
 - Monte Carlo (issue 4): simulate + filter in one compiled function
   (``benchmarks/_mc_kernels.py``) at B = 1e6 paths in float32, for the scalar IMM and the
   4-feature IMM; target >= 5e9 path-steps/s on one H100-class GPU.
+- Several processes (issue 14): ``dj.monte_carlo`` as 1 and 2 processes of one
+  ``jax.distributed`` run started by ``python -m drift_jax.launch --platform gpu``;
 - Fit (issue 5): ``dj.fit_batch`` of the 4-feature IMM (``dj.seed_imm`` with the default
   correlated features, returns and a ``dj.RiskModel``) on ``N`` simulated instruments of
   ``T`` steps, float64, ``steps`` Adam steps (``rtol=0``), second call (the first
@@ -137,6 +139,36 @@ def mc_rows(B, T, dtype):
     return rows
 
 
+def process_rows(B, T, platform):
+    """``dj.monte_carlo`` (scalar IMM, float32) as 1 and 2 processes of one
+    ``jax.distributed`` run (``python -m drift_jax.launch --platform gpu``: one GPU per
+    process, two processes sharing it on a one-GPU machine): the cost of the per-chunk
+    exchange. Each run is a fresh set of processes; rows report path-steps/s."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent / "bench_montecarlo.py"
+    rows = []
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "drift_jax.launch", "-n", str(n), "--platform", platform]
+        cmd += ["--timeout", "300", str(bench), "--process-worker", "float32"]
+        cmd += ["--B", str(B), "--T", str(T)]
+        # This process already holds most of the GPU's memory: the children take a little.
+        env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.08")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+        line = next((x for x in out.stdout.splitlines() if "ROW " in x), None)
+        if out.returncode != 0 or line is None:
+            print(f"process row n={n} failed:\n{out.stderr[-2000:]}", flush=True)
+            continue
+        r = json.loads(line.split("ROW ", 1)[1])
+        case = f"dj.monte_carlo {n} process(es) ({platform}) B={B:.0e} T={T}"
+        rows.append((case, "float32", r["rate"], r["seconds"], float("nan")))
+    return rows
+
+
 def fit_rows(N, T, steps, dtype):
     """``dj.fit_batch`` of N instruments: fitted path-steps/s and a gradient step / forward."""
     obs = dj.scenarios.default_observation(dtype=dtype)
@@ -201,6 +233,9 @@ def main():
     mc_B, mc_T = (1024, 100) if args.quick else (1_000_000, 200)
     rows += mc_rows(mc_B, mc_T, jnp.float32)
     print("done Monte Carlo", flush=True)
+    platform_name = "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
+    rows += process_rows(*((512, 100) if args.quick else (100_000, 200)), platform_name)
+    print("done processes", flush=True)
     # The fit is a scan over Adam steps of a scan over time: launch-bound per time step, so
     # it is batched over instruments and kept short (about a minute with compilation).
     fit_N, fit_T, fit_steps = (8, 100, 5) if args.quick else (1024, 1000, 50)

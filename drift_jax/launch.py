@@ -14,6 +14,7 @@ Example::
 
     python -m drift_jax.launch -n 2 experiments/monte_carlo_regimes.py --quick
     python -m drift_jax.launch -n 2 --devices-per-process 4 -m mypackage.study
+    python -m drift_jax.launch -n 8 --platform gpu study.py   # one GPU per process
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="CPU devices each process drives (XLA's forced host device count); "
         "default: XLA's default (one)",
+    )
+    p.add_argument(
+        "--platform",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu (default): CPU processes; gpu: one GPU per process, round robin over the "
+        "node's GPUs (CUDA_VISIBLE_DEVICES), each with its share of GPU memory",
     )
     p.add_argument("--port", type=int, default=None, help="coordinator port (default: free)")
     p.add_argument(
@@ -107,12 +115,32 @@ def _child_env(args, port: int, i: int) -> dict:
     env["DRIFT_JAX_NUM_PROCESSES"] = str(args.num_processes)
     env["DRIFT_JAX_PROCESS_ID"] = str(i)
     env["DRIFT_JAX_HEARTBEAT_S"] = str(args.heartbeat)
-    env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
+    if args.platform == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    else:
+        gpus = _visible_gpus()
+        env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        # Processes that share a GPU share its memory (JAX preallocates 75% by default).
+        per_gpu = -(-args.num_processes // len(gpus))
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.85 / per_gpu:.2f}")
     if args.devices_per_process is not None:
         flag = f"--xla_force_host_platform_device_count={args.devices_per_process}"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
     return env
+
+
+def _visible_gpus() -> list[str]:
+    """The node's GPU ids: CUDA_VISIBLE_DEVICES if set, else ``nvidia-smi -L``, else 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        ids = [str(k) for k, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+    except (OSError, subprocess.SubprocessError):
+        ids = []
+    return ids or ["0"]
 
 
 def _stop(procs, indices) -> None:
