@@ -259,9 +259,11 @@ def main() -> None:
         "`jax.distributed` run, gloo collectives on localhost, each with one XLA device, "
         f"on the same 2 cores): `dj.monte_carlo` over B = {B} simulated paths x T = {T} "
         "steps, scalar IMM, chunks of 1,024 paths, second call. Each process computes its "
-        "block of every chunk and the per-path statistics are gathered to all processes; "
-        "the same cores do the work either way, so this measures the overhead, not a "
-        "speed-up. The numbers are the same bit for bit (RMSE and NEES columns).\n\n"
+        "block of every chunk and the per-path statistics are gathered to all processes. "
+        "XLA:CPU computes one device's work on one thread, so one process with one device "
+        "uses one core and two processes use both (as two devices in one process do, "
+        "above): the ratio is that gain less the per-chunk exchange. The numbers are the "
+        "same bit for bit (RMSE and NEES columns).\n\n"
         + markdown_table(
             ["dtype", "processes", "seconds", "path-steps/s", "vs 1 process", "RMSE", "NEES"],
             [
