@@ -11,6 +11,7 @@ from . import (
     scenarios as scenarios,
 )
 from ._core.inputs import check_finite as check_finite
+from ._core.jit import TracedCheckError as TracedCheckError, jit as jit
 from ._core.validate import DataWarning as DataWarning
 from ._evaluation.montecarlo import (
     MonteCarloReport as MonteCarloReport,
