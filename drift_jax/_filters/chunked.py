@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from .._core.types import Array, Float, Int
+from .loop_choice import scalar_loop
 
 __all__ = ["ChunkedInfo", "chunked_filter"]
 
@@ -132,7 +133,8 @@ def _run_chunks(settings: _Settings, model, starts, zc, dc):
     def one(m, s, z, d):
         return m.filter_from(s, z, d, settings.adjoint)
 
-    return jax.vmap(one, in_axes=(0, 0, 0, d_axis))(models, starts, zc, dc)
+    with scalar_loop("unrolled"):  # the chunks are a batch (imm_scalar.py)
+        return jax.vmap(one, in_axes=(0, 0, 0, d_axis))(models, starts, zc, dc)
 
 
 def _shift(model, ends, C: int):

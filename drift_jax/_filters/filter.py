@@ -8,6 +8,7 @@ import jax
 from .._core.inputs import prepare_dt, prepare_observations
 from .._core.types import DtLike, ObsLike
 from .._models.model import AbstractFilterResult, check_model
+from .loop_choice import scalar_loop
 from .methods import (
     AbstractFilterMethod,
     forward_mode_error,
@@ -89,8 +90,10 @@ def run_filter(model, zs, dt, method: AbstractFilterMethod):
     model (``resolve_method``): what ``dj.filter`` and every loss run."""
     if not method.forward_mode and any(map(_under_forward_mode, jax.tree.leaves((model, zs, dt)))):
         raise forward_mode_error(method)
+    # One series or a batch (under vmap): the scalar IMM's loop is chosen by it.
+    batched = any(map(_batched, jax.tree.leaves((model, zs, dt))))
     try:
-        return _compiled_filter(model, zs, dt, method)
+        return _compiled_filter(model, zs, dt, method, "unrolled" if batched else "vector")
     except TypeError as err:
         # jax.jvp through a jax.custom_vjp fails with JAX's own message, which names
         # neither the filter nor a fix: say which method and what to use instead.
@@ -130,6 +133,8 @@ def _under_forward_mode(x) -> bool:
 
 
 @eqx.filter_jit
-def _compiled_filter(model, zs, dt, method: AbstractFilterMethod):
-    # The method has static fields only: the compiled filter is specialised on it.
-    return method.run(model, zs, dt)
+def _compiled_filter(model, zs, dt, method: AbstractFilterMethod, loop: str):
+    # The method has static fields only: the compiled filter is specialised on it, and on
+    # the scalar IMM's loop (``_filters/imm_scalar.py``: scalar_loop).
+    with scalar_loop(loop):
+        return method.run(model, zs, dt)

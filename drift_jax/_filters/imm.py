@@ -45,6 +45,7 @@ from .._models.model import AbstractDriftModel, AbstractFilterResult
 from .._models.observation import Observation, measurement_update
 from .chunked import ChunkedInfo
 from .kalman import initial_moments, predict
+from .loop_choice import loop_kind, scalar_loop
 from .methods import CheckpointAdjoint
 from .reduction import reduce_features
 
@@ -386,7 +387,7 @@ class IMMModel(AbstractDriftModel):
         return CheckpointAdjoint()
 
     def filter_from(self, state, zs, dt, adjoint) -> tuple[IMMResult, IMMState]:
-        return _imm_scan(self, zs, dt, adjoint, True, state)
+        return _imm_scan(self, zs, dt, adjoint, True, state, loop_kind())
 
     def initial_state(self) -> IMMState:
         return initial_state(self)
@@ -599,20 +600,23 @@ def imm_filter(
     zs = prepare_observations(zs, model.num_features, dtype, model.observation.feature_names)
     dt = prepare_dt(dt, zs.shape[0], dtype)
     adjoint = model.default_adjoint() if adjoint is None else adjoint
-    return _imm_scan(model, zs, dt, adjoint, scalar_path)[0]
+    return _imm_scan(model, zs, dt, adjoint, scalar_path, None, loop_kind())[0]
 
 
 # Compiled once per model structure, adjoint and shapes (as the Kalman filter's scan).
 @eqx.filter_jit
-def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None):
+def _imm_scan(model: IMMModel, zs, dt, adjoint, scalar_path: bool, init=None, loop="unrolled"):
     """The sequential IMM filter on checked inputs from ``init`` (an ``IMMState``;
-    ``None``: the prior): ``(IMMResult, IMMState after the last step)``."""
+    ``None``: the prior): ``(IMMResult, IMMState after the last step)``. ``loop``: the
+    scalar cycle's loop (``_filters/loop_choice.py``), a static argument so that each is
+    its own compilation (a ``jit`` under ``vmap`` traces at one example's shapes)."""
     M, n = model.num_regimes, model.state_dim
     if n == 1 and scalar_path:
         # The same cycle written for scalars: ~2x faster batched, ~3x in reverse mode.
         from .imm_scalar import scalar_imm_filter
 
-        return scalar_imm_filter(model, zs, dt, adjoint, init)
+        with scalar_loop(loop):
+            return scalar_imm_filter(model, zs, dt, adjoint, init)
     H, R = model.observation.matrices(n, model.dtype)
     obs = step_observations(H, R, model.observation.update, zs, reduce=scalar_path)
     update = obs.update
