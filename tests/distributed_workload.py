@@ -40,10 +40,10 @@ def workload() -> dict:
         imm, key, n_paths=5, n_steps=80, dt=0.5, sampling="poisson", missing_prob=0.1
     )
     out["paths"] = {f: np.asarray(getattr(paths, f)) for f in FIELDS}
-    out["mc_paths"] = _mc(dj.monte_carlo(estimators, paths, chunk_size=3, progress=False))
+    out["mc_paths"] = _mc(dj.monte_carlo({"ou": ou}, paths, chunk_size=3, progress=False))
     strategy = mm.GLFTStrategy(gamma=0.1, k=0.5, A=1.0, sigma=1.0, inventory_limit=3)
     bt = mm.backtest(
-        {"none": mm.NoSignal(), "ou": ou, "imm": imm},
+        {"none": mm.NoSignal(), "ou": ou},
         paths,
         strategy,
         key=jax.random.key(11),

@@ -476,6 +476,9 @@ def _stage(
     dtype = start.model.dtype
     raw = jax.tree.map(lambda x: jnp.broadcast_to(x, (N, *x.shape)), starts)
     opt_state = jax.vmap(jax.vmap(setup.optimizer.init))(raw)
+    # optax's line-search state starts with weak-typed scalars; after a chunk they are
+    # strong, and the second chunk would compile anew.
+    opt_state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), opt_state)
     state = _FitState(
         raw,
         opt_state,
@@ -487,6 +490,10 @@ def _stage(
         jnp.zeros((N, S), bool),
         jnp.zeros((N, S), jnp.int32),
     )
+    # Committed from the start, as the chunk's outputs are: jit compiles anew when an
+    # argument goes from uncommitted to committed (this process's first device).
+    dev = jax.local_devices()[0]
+    state = jax.device_put(state, dev)
     ident = (starts, eqx.filter(fixed, eqx.is_array))
     steps = setup.steps
     history = np.full((steps, N, S), np.nan, dtype=np.dtype(dtype))
@@ -495,6 +502,7 @@ def _stage(
         loaded = _load(path, ident, state, N, S, restart_if_other)
         if loaded is not None:
             state, saved, step = loaded
+            state = jax.device_put(state, dev)  # committed, as above
             if step > steps:
                 raise ValueError(
                     f"`checkpoint` {str(path)!r} is at step {step}, beyond steps={steps}; "
@@ -508,6 +516,7 @@ def _stage(
         setup.gtol,
     )
     args = (fixed, data, weights, settings, setup.optimizer, setup.prior, setup.method)
+    args = jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, args)
 
     from tqdm.auto import tqdm
 
@@ -522,15 +531,16 @@ def _stage(
             state, losses = _run_chunk(state, *args, setup.steps_per_call, p_axis)
             new_step = min(step + setup.steps_per_call, steps)
             history[step:new_step] = np.asarray(losses)[: new_step - step]
-            state = eqx.tree_at(lambda s: s.step, state, jnp.asarray(new_step, jnp.int32))
+            new = jax.device_put(jnp.asarray(new_step, jnp.int32), dev)
+            state = eqx.tree_at(lambda s: s.step, state, new)
             bar.update(new_step - step)
             bar.set_postfix(loss=f"{float(np.nanmin(np.asarray(state.last_loss))):.6g}")
             step = new_step
             if path is not None and main:
                 _save(path, ident, state, history, step)
 
-    finals, _, gnorms = _evaluate(
-        state.raw, fixed, data, weights, setup.prior, setup.method, p_axis
+    finals, _, gnorms = _evaluate(  # the committed args, as _fill_stored had them
+        state.raw, args[0], args[1], args[2], setup.prior, setup.method, p_axis
     )  # [N, S]
     best = jnp.argmin(jnp.where(jnp.isnan(finals), jnp.inf, finals), axis=1)
     idx = jnp.arange(N)
