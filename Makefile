@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
-	$(BIN)/python -m pytest -n 2 -q --doctest-modules drift_jax tests
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q --doctest-modules drift_jax tests
 	$(BIN)/python -m pytest -q --nbmake notebooks
 
 lint: $(STAMP)

@@ -4,6 +4,7 @@ not by their names; each constraint's round trip and validity check (hypothesis)
 built-in models' free coordinates are bit-identical to the formulas used before the
 declarations; a field without a declaration is a clear error when trained."""
 
+import functools
 from typing import ClassVar
 
 import equinox as eqx
@@ -100,13 +101,20 @@ def test_new_field_trains_in_log_space_because_of_its_metadata():
     assert np.asarray(ou.sigma.raw).tobytes() == np.asarray(jnp.log(jnp.asarray(2.0))).tobytes()
 
 
+LBFGS_OPTS = dict(optimizer=optax.lbfgs(), steps=100, rtol=0, progress=False)
+
+
+@functools.cache
+def _ou_fit():
+    # dj.OU's MLE on ZS, shared by the two tests below (one fit, one compilation).
+    ou_start = dj.KalmanModel(dj.OU(0.5, 1.0), dj.Observation.scalar(2.0), 0.0, 1.0)
+    return dj.fit(ou_start, ZS, DT, **LBFGS_OPTS)
+
+
 def test_new_dynamics_fit_matches_the_same_model_as_ou():
     # Same likelihood as dj.OU (Euler): the MLE must agree, in other coordinates.
-    opts = dict(optimizer=optax.lbfgs(), steps=100, rtol=0, progress=False)
-    ou = dj.fit(
-        dj.KalmanModel(dj.OU(0.5, 1.0), dj.Observation.scalar(2.0), 0.0, 1.0), ZS, DT, **opts
-    )
-    new = dj.fit(_model(0.5, 1.0), ZS, DT, **opts)
+    ou = _ou_fit()
+    new = dj.fit(_model(0.5, 1.0), ZS, DT, **LBFGS_OPTS)
     kappa = float(new.model.dynamics.kappa)
     assert kappa > 0
     np.testing.assert_allclose(kappa, ou.model.dynamics.theta, rtol=1e-4)
@@ -121,8 +129,7 @@ def test_new_dynamics_fit_matches_the_same_model_as_ou():
 
 
 def test_new_dynamics_standard_errors_use_its_declared_scales():
-    ou_start = dj.KalmanModel(dj.OU(0.5, 1.0), dj.Observation.scalar(2.0), 0.0, 1.0)
-    ou = dj.fit(ou_start, ZS, DT, optimizer=optax.lbfgs(), steps=100, rtol=0, progress=False)
+    ou = _ou_fit()
     d = ou.model.dynamics
     same = dj.KalmanModel(
         Reverting(kappa=d.theta, sigma=d.sigma, discretisation="euler"),

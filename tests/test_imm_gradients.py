@@ -244,15 +244,24 @@ def test_gradient_finite_after_a_regime_probability_underflows(m, scalar_path):
     )
     rng = np.random.default_rng(0)
     zs = np.cumsum(rng.normal(0, 3, 200))[:, None] + rng.normal(0, 1, (200, m))
-    res = imm_filter(imm, zs, 0.5, scalar_path=scalar_path)
-    assert float(res.regime_probs[-1, 0]) == 0.0
-    grad = jax.grad(lambda mdl: imm_filter(mdl, zs, 0.5, scalar_path=scalar_path).log_likelihood)(
-        imm
+    # One compiled program (the filter's outputs come with the gradient) for both series.
+    run = jax.jit(
+        jax.grad(
+            lambda mdl, z: (lambda r: (r.log_likelihood, r))(
+                imm_filter(mdl, z, 0.5, scalar_path=scalar_path)
+            ),
+            has_aux=True,
+        )
     )
+    grad, res = run(imm, zs)
+    assert float(res.regime_probs[-1, 0]) == 0.0
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grad))
     # Once regime 0 is gone the remaining steps only see regime 1: sigma_0's gradient
-    # comes from the first steps alone, so it equals the gradient over a prefix.
-    short = jax.grad(
-        lambda mdl: imm_filter(mdl, zs[:60], 0.5, scalar_path=scalar_path).log_likelihood
-    )(imm)
+    # comes from the first steps alone, so it equals the gradient over a prefix (the
+    # first 60 steps, then missing observations, which add no likelihood terms).
+    prefix = np.where(np.arange(200)[:, None] < 60, zs, np.nan)
+    short, res_short = run(imm, prefix)
+    np.testing.assert_allclose(
+        res_short.log_likelihood, np.sum(np.asarray(res.log_likelihoods)[:60]), rtol=1e-12
+    )
     np.testing.assert_allclose(grad.dynamics[0].sigma, short.dynamics[0].sigma, rtol=1e-6)
