@@ -69,9 +69,7 @@ def process_index() -> int:
 
 def is_initialized() -> bool:
     """Whether this process has joined a ``jax.distributed`` run."""
-    from jax._src import distributed  # JAX keeps no public flag for this
-
-    return distributed.global_state.client is not None
+    return bool(jax.distributed.is_initialized())
 
 
 def _cluster_detected() -> bool:
