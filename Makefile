@@ -23,10 +23,12 @@ demo: $(STAMP)
 	$(BIN)/python experiments/monte_carlo_regimes.py --quick --out demo_output/monte_carlo
 	$(BIN)/python experiments/market_making.py --quick --out demo_output/market_making
 
+# The tests keep compiled programs in .jax_cache (tests/conftest.py); the notebooks share it.
 test: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/python -m pytest -n 2 --dist worksteal -q --doctest-modules drift_jax tests
-	$(BIN)/python -m pytest -q --nbmake notebooks
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+		$(BIN)/python -m pytest -q --nbmake notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
