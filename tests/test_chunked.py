@@ -217,8 +217,12 @@ def test_losses_and_fit_take_the_chunked_method():
     a = float(dj.feature_nll(model, zs, dt, method=chunked))
     b = float(dj.feature_nll(model, zs, dt, method=dj.Sequential()))
     assert abs(a - b) <= 1e-12 * abs(b)
+    # The fit passes the method on (the chunked IMM's gradients are checked above, in
+    # test_chunked_equals_sequential): a Kalman model, whose fits compile in seconds.
+    model = dj.KalmanModel(dj.OU(0.2, 0.8), dj.Observation.scalar(1.5), 0.0, 2.0)
     fit_c = dj.fit(model, zs, dt, method=chunked, steps=5, progress=False)
     fit_s = dj.fit(model, zs, dt, method=dj.Sequential(), steps=5, progress=False)
+    assert int(fit_c.num_steps) == int(fit_s.num_steps) > 0
     for x, y in zip(jax.tree.leaves(fit_c.model), jax.tree.leaves(fit_s.model), strict=True):
         _close(x, y, 1e-9)
 

@@ -1,11 +1,11 @@
 """``dj.fit`` / ``dj.fit_batch``: gradient fitting of a drift model and its return model.
 
 The optimiser loop runs inside ``jit``: a ``lax.scan`` over ``steps_per_call`` steps of
-``(free coordinates, optimiser state)``, ``vmap``-ed over the starting points and, for
-``dj.fit_batch``, over instruments. The Python loop outside only moves between chunks
-(progress bar, checkpoint, early stopping); ``steps``, ``gtol``, ``rtol`` and ``patience``
-are traced, so a chunk is compiled once per model structure and data shape, not per
-setting.
+``(free coordinates, optimiser state)``, over the starting points and, for
+``dj.fit_batch``, over instruments (in turn on CPU, ``vmap`` elsewhere: ``_over``). The
+Python loop outside only moves between chunks (progress bar, checkpoint, early stopping);
+``steps``, ``gtol``, ``rtol`` and ``patience`` are traced, so a chunk is compiled once per
+model structure and data shape, not per setting.
 
 The default optimiser is L-BFGS (``optax.lbfgs(memory_size=50)``, a zoom line search); a
 start stops when the norm of its gradient in free coordinates is at most ``gtol`` (converged), or
@@ -145,10 +145,6 @@ class _Data(eqx.Module):
     dt_batched: bool = eqx.field(static=True)
 
 
-def _select(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
-
-
 def _split(data: _Data):
     """``vmap`` inputs and axes over instruments: ``(zs, dt, returns)``."""
     axes = (0, 0 if data.dt_batched else None, None if data.returns is None else 0)
@@ -189,6 +185,38 @@ def _all_values_and_grads(raw, params, data, weights, prior, method, p_axis):
     return jax.vmap(over_starts, in_axes=(0, p_axis, axes))(raw, params, inputs)
 
 
+def _over(fn, in_axes):
+    """``fn`` over the instruments or starts of a batch: ``jax.vmap(fn, in_axes)`` (axes
+    ``0`` / ``None``, also inside a tuple of arguments), except on CPU, where the elements
+    run one after another (``lax.map``).
+
+    Why: under ``vmap`` a line search's ``lax.cond`` on a batched predicate runs both
+    branches (two loss-and-gradient evaluations per line-search step instead of one), its
+    ``while`` loops run until the slowest element is done, and a converged element still
+    pays for every step. On CPU the one series' filter already fills the cores (the
+    chunks of ``dj.Chunked`` are its batch), so running the elements in turn is the
+    faster way (benchmarks/RESULTS.md "fit": 16 instruments). On an accelerator the
+    batch is what fills the device, so it stays a ``vmap``.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.vmap(fn, in_axes=in_axes)
+    is_axis = lambda x: x is None or isinstance(x, int)  # noqa: E731
+
+    def run(*args):
+        mapped = jax.tree.map(lambda ax, x: x if ax == 0 else None, in_axes, args, is_leaf=is_axis)
+        fixed = jax.tree.map(lambda ax, x: None if ax == 0 else x, in_axes, args, is_leaf=is_axis)
+
+        def one(m):
+            full = jax.tree.map(
+                lambda ax, a, b: a if ax == 0 else b, in_axes, m, fixed, is_leaf=is_axis
+            )
+            return fn(*full)
+
+        return jax.lax.map(one, mapped)
+
+    return run
+
+
 @eqx.filter_jit
 def _run_chunk(
     state: _FitState,
@@ -217,15 +245,22 @@ def _run_chunk(
         tiny = finite & (gnorm <= gtol)
         stop = active & (~finite | tiny | (calm >= patience))
         apply = active & ~stop
-        if extra:  # e.g. optax.lbfgs: line searches need the value and the function
-            kwargs = dict(value=loss, grad=grad, value_fn=value_fn)
-            updates, new_opt = optimizer.update(grad, opt_state, raw, **kwargs)
-        else:
-            updates, new_opt = optimizer.update(grad, opt_state, raw)
-        new_raw = optax.apply_updates(raw, updates)
+
+        def update():
+            if extra:  # e.g. optax.lbfgs: line searches need the value and the function
+                kwargs = dict(value=loss, grad=grad, value_fn=value_fn)
+                updates, new_opt = optimizer.update(grad, opt_state, raw, **kwargs)
+            else:
+                updates, new_opt = optimizer.update(grad, opt_state, raw)
+            return optax.apply_updates(raw, updates), new_opt
+
+        # A start that has stopped (or a step past ``steps``) skips the update and its line
+        # search; under ``vmap`` (not on CPU, see ``_over``) both branches run and the
+        # result is selected, as ``jnp.where`` would.
+        new_raw, new_opt = jax.lax.cond(apply, update, lambda: (raw, opt_state))
         out = (
-            _select(apply, new_raw, raw),
-            _select(apply, new_opt, opt_state),
+            new_raw,
+            new_opt,
             jnp.where(active, loss, last),
             calm,
             done | stop,
@@ -236,11 +271,9 @@ def _run_chunk(
         return out, jnp.where(active, loss, jnp.nan)
 
     inputs, axes = _split(data)
-    over_starts = jax.vmap(one, in_axes=(0,) * 10 + (None, None, None))
+    over_starts = _over(one, (0,) * 10 + (None, None, None))
     if state.last_loss.shape == (1, 1):
-        # One instrument, one start (a plain dj.fit): no vmap. Under vmap a line search's
-        # `lax.cond` on a batched predicate runs both branches (two loss-and-gradient
-        # evaluations per line-search step instead of one).
+        # One instrument, one start (a plain dj.fit): no batch axis at all.
 
         def over_all(*a):
             first = [jax.tree.map(lambda x: x[0, 0], x) for x in a[:10]]
@@ -254,13 +287,11 @@ def _run_chunk(
     elif p_axis is None:  # shared parameters: closed over
 
         def over_all(*a):
-            run = jax.vmap(
-                lambda *b: over_starts(*b[:10], params, *b[10:]), in_axes=(0,) * 10 + (axes, None)
-            )
+            run = _over(lambda *b: over_starts(*b[:10], params, *b[10:]), (0,) * 10 + (axes, None))
             return run(*a[:10], *a[11:])
 
     else:
-        over_all = jax.vmap(over_starts, in_axes=(0,) * 10 + (p_axis, axes, None))
+        over_all = _over(over_starts, (0,) * 10 + (p_axis, axes, None))
 
     def body(s: _FitState, _):
         on = s.step < steps
@@ -807,9 +838,10 @@ def fit(
         prior: ``None`` or a callable ``(model, risk) -> log prior density``, e.g.
             ``dj.sticky_prior(20.0)`` (like ``optimizer``, a static argument of the compiled
             loop: reuse the object across fits).
-        n_starts: starting points, run together under ``vmap``; start 0 is ``model``
-            itself, the others add ``N(0, init_scale^2)`` to every free coordinate. The
-            start with the lowest final loss is kept.
+        n_starts: starting points, run in one compiled loop (in turn on CPU, under
+            ``vmap`` elsewhere); start 0 is ``model`` itself, the others add
+            ``N(0, init_scale^2)`` to every free coordinate. The start with the lowest
+            final loss is kept.
         key: PRNG key for the perturbed starts (default ``jax.random.key(0)``).
         init_scale: standard deviation of the perturbation, in free coordinates (0.1 is
             about 10% on ``theta`` or ``sigma``).
@@ -895,11 +927,14 @@ def fit(
 
 
 def fit_batch(model, zs, dt, *, returns=None, risk=None, **kwargs) -> FitResult:
-    """``dj.fit`` of ``N`` instruments at once (``vmap``), each from the same start.
+    """``dj.fit`` of ``N`` instruments in one compiled loop, each from the same start.
 
-    The same as ``N`` separate ``dj.fit`` calls (up to floating-point rounding), in one
-    compiled loop; the Python loop stops early once every instrument and start has. With
-    an L-BFGS line search, an iteration lasts as long as the slowest instrument's search.
+    The same as ``N`` separate ``dj.fit`` calls (up to floating-point rounding); the Python
+    loop stops early once every instrument and start has. On CPU the instruments (and
+    starts) take their steps in turn inside the loop (``lax.map``): an instrument that has
+    converged skips its line search, and each search runs only as long as its own. On an
+    accelerator they are a ``vmap`` (the batch fills the device): an iteration then lasts
+    as long as the slowest instrument's line search.
 
     Arguments:
         model: the starting model, shared by all instruments.
