@@ -26,7 +26,7 @@ demo: $(STAMP)
 # The tests keep compiled programs in .jax_cache (tests/conftest.py); the notebooks share it.
 test: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q --doctest-modules drift_jax tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --doctest-modules drift_jax tests
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 		$(BIN)/python -m pytest -q --nbmake notebooks
 

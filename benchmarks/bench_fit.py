@@ -317,7 +317,7 @@ def report(one: dict, many: dict, quick: bool) -> str:
         [
             [
                 b["N"],
-                "dj.fit_batch (one program; on CPU the instruments in turn)",
+                "dj.fit_batch (one program; chunked on CPU: instruments in turn)",
                 f"{b['wall_batch']:.1f}",
                 f"{b['compile_batch']:.1f}",
                 f"{b['wall_batch'] - b['compile_batch']:.1f}",

@@ -20,16 +20,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # variables reach them): ~56% of the compilations of a run from an empty cache are found
 # there. The key is the program, the JAX version and the compiler's settings, so a
 # program loaded from the cache is the one the compiler would build: the same numbers.
-# It lives in the checkout (ignored by git), so a second run reuses it as well.
+# It lives in the checkout (ignored by git), so a second run reuses it as well. No size
+# limit: with one, JAX lists the whole directory on every write (jax/_src/lru_cache.py),
+# quadratic in the number of programs.
 _CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**31))  # 2 GiB, least used out
 jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update(
-    "jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
-)
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),

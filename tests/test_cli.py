@@ -15,6 +15,10 @@ import pytest
 import drift_jax as dj
 from drift_jax._io.cli import main
 
+# Its tests share an expensive module fixture: one test worker runs them all (make test
+# distributes with --dist loadgroup), so the fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_cli")
+
 FEATURES = ["bim", "dbim", "bpg", "sweep"]
 
 

@@ -17,6 +17,10 @@ import pytest
 import drift_jax as dj
 from drift_jax import demo
 
+# Its tests share an expensive module fixture: one test worker runs them all (make test
+# distributes with --dist loadgroup), so the fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_demo")
+
 EXPECTED_ROWS = (
     "OU [mu] joint",
     "OU [mu] independent",

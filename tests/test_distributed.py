@@ -24,6 +24,10 @@ import drift_jax as dj
 from drift_jax._core import multihost
 from tests import distributed_workload as wl
 
+# Its tests share an expensive module fixture: one test worker runs them all (make test
+# distributes with --dist loadgroup), so the fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_distributed")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT / "tests" / "distributed_workload.py"
 

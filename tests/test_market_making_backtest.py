@@ -19,6 +19,10 @@ import pytest
 import drift_jax as dj
 from drift_jax._core.validate import ArgumentTypeError
 
+# Its tests share an expensive module fixture: one test worker runs them all (make test
+# distributes with --dist loadgroup), so the fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_market_making_backtest")
+
 mm = dj.market_making
 KEY = jax.random.key(11)
 SURE = mm.FillModel(A=1e12, k=0.5, kind="quoted")  # a side at a moderate distance always fills

@@ -2,7 +2,7 @@
 
 The optimiser loop runs inside ``jit``: a ``lax.scan`` over ``steps_per_call`` steps of
 ``(free coordinates, optimiser state)``, over the starting points and, for
-``dj.fit_batch``, over instruments (in turn on CPU, ``vmap`` elsewhere: ``_over``). The
+``dj.fit_batch``, over instruments (``vmap``, or in turn: ``_in_turn``). The
 Python loop outside only moves between chunks (progress bar, checkpoint, early stopping);
 ``steps``, ``gtol``, ``rtol`` and ``patience`` are traced, so a chunk is compiled once per
 model structure and data shape, not per setting.
@@ -185,20 +185,30 @@ def _all_values_and_grads(raw, params, data, weights, prior, method, p_axis):
     return jax.vmap(over_starts, in_axes=(0, p_axis, axes))(raw, params, inputs)
 
 
-def _over(fn, in_axes):
-    """``fn`` over the instruments or starts of a batch: ``jax.vmap(fn, in_axes)`` (axes
-    ``0`` / ``None``, also inside a tuple of arguments), except on CPU, where the elements
-    run one after another (``lax.map``).
+def _in_turn(method) -> bool:
+    """Whether the instruments and starts of a batch take their steps one after another
+    (``lax.map``) rather than side by side (``vmap``): on CPU, with the chunked filter.
 
-    Why: under ``vmap`` a line search's ``lax.cond`` on a batched predicate runs both
-    branches (two loss-and-gradient evaluations per line-search step instead of one), its
-    ``while`` loops run until the slowest element is done, and a converged element still
-    pays for every step. On CPU the one series' filter already fills the cores (the
-    chunks of ``dj.Chunked`` are its batch), so running the elements in turn is the
-    faster way (benchmarks/RESULTS.md "fit": 16 instruments). On an accelerator the
-    batch is what fills the device, so it stays a ``vmap``.
+    Under ``vmap`` a line search's ``lax.cond`` on a batched predicate runs both branches
+    (two loss-and-gradient evaluations per line-search step instead of one), its ``while``
+    loops run until the slowest element is done, and a converged element still pays for
+    every step. With ``dj.Chunked`` one series is already a batch (its chunks) that fills
+    the CPU's cores, so the elements are faster in turn: 16 instruments of 1e4 steps, 78.7
+    s against 237.1 s under ``vmap`` (benchmarks/RESULTS.md "fit"). Short series (the
+    sequential filter) are too little work each to fill the cores, and the batch wins
+    (the suite's recovery fits of 8 seeds were ~1.4x slower in turn). On an accelerator
+    the batch is what fills the device.
     """
-    if jax.default_backend() != "cpu":
+    from .._filters.methods import Chunked
+
+    return jax.default_backend() == "cpu" and isinstance(method, Chunked)
+
+
+def _over(fn, in_axes, in_turn: bool):
+    """``fn`` over the instruments or starts of a batch: ``jax.vmap(fn, in_axes)`` (axes
+    ``0`` / ``None``, also inside a tuple of arguments), or with ``in_turn`` the same
+    function of one element after another (``lax.map``; see ``_in_turn``)."""
+    if not in_turn:
         return jax.vmap(fn, in_axes=in_axes)
     is_axis = lambda x: x is None or isinstance(x, int)  # noqa: E731
 
@@ -255,7 +265,7 @@ def _run_chunk(
             return optax.apply_updates(raw, updates), new_opt
 
         # A start that has stopped (or a step past ``steps``) skips the update and its line
-        # search; under ``vmap`` (not on CPU, see ``_over``) both branches run and the
+        # search; under ``vmap`` (see ``_in_turn``) both branches run and the
         # result is selected, as ``jnp.where`` would.
         new_raw, new_opt = jax.lax.cond(apply, update, lambda: (raw, opt_state))
         out = (
@@ -271,7 +281,8 @@ def _run_chunk(
         return out, jnp.where(active, loss, jnp.nan)
 
     inputs, axes = _split(data)
-    over_starts = _over(one, (0,) * 10 + (None, None, None))
+    in_turn = _in_turn(method)
+    over_starts = _over(one, (0,) * 10 + (None, None, None), in_turn)
     if state.last_loss.shape == (1, 1):
         # One instrument, one start (a plain dj.fit): no batch axis at all.
 
@@ -287,11 +298,13 @@ def _run_chunk(
     elif p_axis is None:  # shared parameters: closed over
 
         def over_all(*a):
-            run = _over(lambda *b: over_starts(*b[:10], params, *b[10:]), (0,) * 10 + (axes, None))
+            run = _over(
+                lambda *b: over_starts(*b[:10], params, *b[10:]), (0,) * 10 + (axes, None), in_turn
+            )
             return run(*a[:10], *a[11:])
 
     else:
-        over_all = _over(over_starts, (0,) * 10 + (p_axis, axes, None))
+        over_all = _over(over_starts, (0,) * 10 + (p_axis, axes, None), in_turn)
 
     def body(s: _FitState, _):
         on = s.step < steps
@@ -838,8 +851,8 @@ def fit(
         prior: ``None`` or a callable ``(model, risk) -> log prior density``, e.g.
             ``dj.sticky_prior(20.0)`` (like ``optimizer``, a static argument of the compiled
             loop: reuse the object across fits).
-        n_starts: starting points, run in one compiled loop (in turn on CPU, under
-            ``vmap`` elsewhere); start 0 is ``model`` itself, the others add
+        n_starts: starting points, run in one compiled loop (in turn on CPU with the
+            chunked filter, else under ``vmap``); start 0 is ``model`` itself, the others add
             ``N(0, init_scale^2)`` to every free coordinate. The start with the lowest
             final loss is kept.
         key: PRNG key for the perturbed starts (default ``jax.random.key(0)``).
@@ -930,11 +943,12 @@ def fit_batch(model, zs, dt, *, returns=None, risk=None, **kwargs) -> FitResult:
     """``dj.fit`` of ``N`` instruments in one compiled loop, each from the same start.
 
     The same as ``N`` separate ``dj.fit`` calls (up to floating-point rounding); the Python
-    loop stops early once every instrument and start has. On CPU the instruments (and
-    starts) take their steps in turn inside the loop (``lax.map``): an instrument that has
-    converged skips its line search, and each search runs only as long as its own. On an
-    accelerator they are a ``vmap`` (the batch fills the device): an iteration then lasts
-    as long as the slowest instrument's line search.
+    loop stops early once every instrument and start has. On CPU with the chunked filter
+    (long series: ``method=None`` picks it by length) the instruments (and starts) take
+    their steps in turn inside the loop (``lax.map``): an instrument that has converged
+    skips its line search, and each search runs only as long as its own. Otherwise they
+    are a ``vmap`` (short series, an accelerator: the batch is what fills the cores or
+    the device), and an iteration lasts as long as the slowest instrument's line search.
 
     Arguments:
         model: the starting model, shared by all instruments.
