@@ -37,7 +37,7 @@ import optax
 from .._core import multihost, validate as v
 from .._core.inputs import check_no_inf, prepare_dt, prepare_observations
 from .._core.types import Array, Bool, Float, Int
-from .._filters.methods import resolve_method
+from .._filters.methods import Chunked, resolve_method
 from .losses import (
     _check_model,
     _check_risk,
@@ -195,12 +195,11 @@ def _in_turn(method) -> bool:
     every step. With ``dj.Chunked`` one series is already a batch (its chunks) that fills
     the CPU's cores, so the elements are faster in turn: 16 instruments of 1e4 steps, 78.7
     s against 237.1 s under ``vmap`` (benchmarks/RESULTS.md "fit"). Short series (the
-    sequential filter) are too little work each to fill the cores, and the batch wins
-    (the suite's recovery fits of 8 seeds were ~1.4x slower in turn). On an accelerator
-    the batch is what fills the device.
+    sequential filter) are too little work each to fill the cores, so they keep the batch
+    (the suite's small recovery fits looked slower in turn, but that was measured while
+    the machine itself slowed down: not settled). On an accelerator the batch is what
+    fills the device.
     """
-    from .._filters.methods import Chunked
-
     return jax.default_backend() == "cpu" and isinstance(method, Chunked)
 
 
